@@ -1,0 +1,236 @@
+"""The contract between the runner and a step type.
+
+A step type is a class with a pydantic parameter model (``Params``), ``run(ctx)``
+returning its outputs, and ``preview(ctx)`` describing, read-only, what ``run``
+would do (used by ``--dry-run``). Register it with :func:`migration.steps.register`.
+
+Example::
+
+    @register
+    class Sleep(Step["Sleep.Params"]):
+        '''Wait a number of seconds.'''
+        name = "sleep"
+
+        class Params(StepParams):
+            seconds: float
+
+        def run(self, ctx: StepContext["Sleep.Params"]) -> dict[str, Any]:
+            ctx.wait(ctx.params.seconds)
+            return {}
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Generic, TypeVar
+
+import structlog
+from pydantic import BaseModel, ConfigDict
+
+from migration.errors import Interrupted
+from migration.secrets import Redactor
+
+
+class StepParams(BaseModel):
+    """Base of every step type's parameter model: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+P = TypeVar("P", bound=StepParams)
+
+
+class StopFlag:
+    """Set by the signal handler; long steps poll it to stop at a safe point."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.signal_name: str | None = None
+
+    def set(self, signal_name: str = "SIGINT") -> None:
+        self.signal_name = signal_name
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, seconds: float) -> bool:
+        return self._event.wait(seconds)
+
+
+@dataclass
+class StepContext(Generic[P]):
+    """What a step sees while it runs (or previews).
+
+    Attributes:
+        step_id: the step's id in the plan.
+        params: the validated, rendered parameters.
+        workdir: the directory ``migration`` was started in (shell steps run here).
+        run_id / plan_name: identify the run.
+        resume: progress saved by an earlier, interrupted attempt of this step
+            (what it last passed to :meth:`progress`), or ``{}``.
+        outputs_of: outputs of earlier steps, by id (``process.stop`` finds its start step).
+        dry_run: True while previewing.
+        assume_yes: ``--yes`` was given (gates pass without a terminal).
+        interactive: stdin is a terminal.
+        redact: masks secrets in anything a step logs or returns.
+    """
+
+    step_id: str
+    params: P
+    workdir: Path
+    run_id: str = ""
+    plan_name: str = ""
+    state_dir: Path | None = None
+    resume: dict[str, Any] = field(default_factory=dict)
+    outputs_of: dict[str, dict[str, Any]] = field(default_factory=dict)
+    dry_run: bool = False
+    assume_yes: bool = False
+    interactive: bool = False
+    redact: Redactor = field(default_factory=Redactor)
+    stop_flag: StopFlag = field(default_factory=StopFlag)
+    # The runner persists whatever is passed to progress() before it returns.
+    on_progress: Callable[[dict[str, Any]], None] | None = None
+    show_progress_bar: bool = False
+    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+
+    @property
+    def log(self) -> Any:
+        return structlog.get_logger("migration.step").bind(step=self.step_id)
+
+    def progress(self, **fields: Any) -> None:
+        """Record fine-grained progress; it is durable when this returns.
+
+        A resumed attempt finds the last recorded fields in :attr:`resume`.
+        """
+        if self.on_progress is not None:
+            self.on_progress(dict(fields))
+
+    def check_stop(self) -> None:
+        """Raise :class:`Interrupted` if SIGINT/SIGTERM arrived; call between units of work."""
+        if self.stop_flag.is_set():
+            raise Interrupted(f"interrupted by {self.stop_flag.signal_name}")
+
+    def wait(self, seconds: float) -> None:
+        """Sleep, but wake up and raise at once on SIGINT/SIGTERM."""
+        if self.stop_flag.wait(max(0.0, seconds)):
+            self.check_stop()
+
+    def path(self, value: str | os.PathLike[str]) -> Path:
+        """Resolve a path parameter against the working directory."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else self.workdir / p
+
+    @contextmanager
+    def progress_bar(self, description: str, total: int | None) -> Iterator[ProgressReporter]:
+        """A progress bar on a terminal, periodic log lines otherwise."""
+        reporter = ProgressReporter(self, description, total)
+        try:
+            yield reporter
+        finally:
+            reporter.close()
+
+
+class ProgressReporter:
+    """Advance with :meth:`advance`; shows rate and ETA. Never writes to stdout."""
+
+    LOG_EVERY_SECONDS = 5.0
+
+    def __init__(self, ctx: StepContext[Any], description: str, total: int | None) -> None:
+        self.ctx = ctx
+        self.description = description
+        self.total = total
+        self.done = 0
+        self.started = time.monotonic()
+        self._last_log = self.started
+        self._bar: Any = None
+        self._task: Any = None
+        if ctx.show_progress_bar and sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
+            self._bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}/s"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task(description, total=total, rate="0")
+
+    @property
+    def rate(self) -> float:
+        elapsed = time.monotonic() - self.started
+        return self.done / elapsed if elapsed > 0 else 0.0
+
+    def eta_seconds(self) -> float | None:
+        if not self.total or self.rate <= 0:
+            return None
+        return max(0.0, (self.total - self.done) / self.rate)
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        if self._bar is not None:
+            self._bar.update(self._task, completed=self.done, rate=f"{self.rate:,.0f}")
+            return
+        now = time.monotonic()
+        if now - self._last_log >= self.LOG_EVERY_SECONDS:
+            self._last_log = now
+            eta = self.eta_seconds()
+            self.ctx.log.info(
+                "progress",
+                what=self.description,
+                done=self.done,
+                total=self.total,
+                rate=round(self.rate, 1),
+                eta_s=None if eta is None else round(eta, 1),
+            )
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+class Step(Generic[P]):
+    """Base class of step types. Subclasses set ``name``, ``Params`` and ``run``."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type[StepParams]]
+
+    def run(self, ctx: StepContext[P]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def preview(self, ctx: StepContext[P]) -> str:
+        """Describe what ``run`` would do, reading but writing nothing."""
+        return f"would run {self.name}"
+
+    @classmethod
+    def quoted_fields(cls, raw_with: dict[str, Any]) -> set[str]:
+        """Names of ``with:`` fields whose template values must be shell-quoted.
+
+        ``shell`` returns ``{"command"}`` when ``shell: true``, so a rendered value
+        can never inject shell syntax.
+        """
+        return set()
+
+    @classmethod
+    def describe(cls) -> str:
+        doc = (cls.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else cls.name
