@@ -84,9 +84,7 @@ def install() -> Path:
         (src / "build" / "version" / "version.txt").write_text(FERRETDB_VERSION + "\n")
         binary.parent.mkdir(parents=True, exist_ok=True)
         partial = binary.with_suffix(".partial")
-        subprocess.run(
-            [go, "build", "-o", str(partial), "./cmd/ferretdb"], check=True, cwd=src
-        )
+        subprocess.run([go, "build", "-o", str(partial), "./cmd/ferretdb"], check=True, cwd=src)
         partial.replace(binary)
     return binary
 
@@ -181,7 +179,17 @@ def _start_postgres(directory: Path) -> tuple[Path, str]:
     )
     subprocess.run(
         _as_pg_user(
-            [_pg_bin("pg_ctl"), "-D", str(data), "-o", options, "-l", str(directory / "postgres.log"), "-w", "start"]
+            [
+                _pg_bin("pg_ctl"),
+                "-D",
+                str(data),
+                "-o",
+                options,
+                "-l",
+                str(directory / "postgres.log"),
+                "-w",
+                "start",
+            ]
         ),
         check=True,
         capture_output=True,

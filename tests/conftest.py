@@ -28,7 +28,7 @@ import testdb  # noqa: E402
 
 def _docker_answers() -> bool:
     try:
-        import docker  # type: ignore[import-untyped]
+        import docker
 
         docker.from_env(timeout=2).ping()
         return True
@@ -88,7 +88,7 @@ def mongo_server() -> Iterator[MongoServer]:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        testdb._wait_port(port, proc, 60, "mongod")  # noqa: SLF001
+        testdb._wait_port(port, proc, 60, "mongod")
         try:
             yield MongoServer(f"mongodb://127.0.0.1:{port}/", "mongod")
         finally:

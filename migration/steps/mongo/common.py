@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from pymongo import MongoClient
@@ -66,7 +68,8 @@ def connect(uri: str, timeout_ms: int = CONNECT_TIMEOUT_MS) -> tuple[MongoClient
     except OperationFailure as exc:
         client.close()
         if exc.code in (18, 13):
-            raise StepError(f"MongoDB refused the credentials for {safe}: {exc.details and exc.details.get('errmsg') or exc}") from exc
+            reason = (exc.details or {}).get("errmsg") or str(exc)
+            raise StepError(f"MongoDB refused the credentials for {safe}: {mask_url(str(reason))}") from exc
         raise StepError(f"MongoDB error at {safe}: {mask_url(str(exc))}") from exc
     except PyMongoError as exc:
         client.close()
@@ -82,3 +85,46 @@ def server_info(client: MongoClient[Any]) -> dict[str, Any]:
         "version": str(info.get("version", "")),
         "ferretdb": "ferretdb" in build or "ferretdbVersion" in build,
     }
+
+
+def topology(client: MongoClient[Any]) -> str:
+    """``standalone``, ``replica set <name>`` or ``sharded``, from ``hello``."""
+    hello = client.admin.command("hello")
+    if hello.get("msg") == "isdbgrid":
+        return "sharded"
+    if hello.get("setName"):
+        return f"replica set {hello['setName']}"
+    return "standalone"
+
+
+def user_collections(db: Database[Any]) -> list[str]:
+    """Names of the database's plain collections (no views, no ``system.*``), sorted."""
+    names = []
+    for spec in db.list_collections():
+        name = str(spec["name"])
+        if spec.get("type", "collection") != "collection" or name.startswith("system."):
+            continue
+        names.append(name)
+    return sorted(names)
+
+
+def free_disk_bytes(path: Path) -> tuple[Path, int]:
+    """Free bytes (for an unprivileged writer) on the filesystem that would hold ``path``.
+
+    Creates nothing: measures the nearest parent that exists. Returns that parent too.
+    """
+    probe = path.absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    stat = os.statvfs(probe)
+    return probe, stat.f_bavail * stat.f_frsize
+
+
+def human_bytes(n: float) -> str:
+    """``1.2 GB``: decimal units, one decimal place above bytes."""
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(value) < 1000 or unit == "TB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    raise AssertionError("unreachable")

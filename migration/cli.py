@@ -1,0 +1,275 @@
+"""The ``migration`` command: parse, call :mod:`migration.commands`, map errors to exit codes.
+
+Machine-readable output goes to stdout; logs, progress and errors to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from migration import commands, report
+from migration.errors import MigrationError
+from migration.log import configure_logging, redactor
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+state_dir_option = click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="State directory (default ./state; env MIGRATION_STATE_DIR).",
+)
+log_format_option = click.option(
+    "--log-format",
+    type=click.Choice(["auto", "console", "json"]),
+    default="auto",
+    show_default=True,
+    help="Console on a terminal, JSON lines otherwise.",
+)
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"error: {redactor().text(message)}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(fn: F) -> F:
+    """The one place where errors become a line on stderr and an exit code."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except MigrationError as exc:
+            _fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except click.exceptions.Exit:
+            raise
+        except click.ClickException:
+            raise
+        except Exception as exc:
+            with tempfile.NamedTemporaryFile(
+                "w", prefix="migration-crash-", suffix=".log", delete=False
+            ) as fh:
+                fh.write(redactor().text("".join(traceback.format_exception(exc))))
+            _fail(f"internal error: {type(exc).__name__}: {exc} (traceback in {fh.name})", 1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _state_dir(value: Path | None) -> Path:
+    return value if value is not None else commands.default_state_dir()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="migration")
+def main() -> None:
+    """Run production database migrations as checkpointed, resumable plans."""
+
+
+def _print_summary(state: dict[str, Any]) -> None:
+    lines = [f"run {state['run_id']}: {state['status']}"]
+    for phase in state.get("phases", []):
+        cp = (phase.get("checkpoint") or {}).get("status")
+        lines.append(
+            f"  {phase['id']:<24} {phase['status']:<10}"
+            + (f" checkpoint {cp}" if cp not in (None, "none", "pending") else "")
+        )
+        for st in phase.get("steps", []):
+            lines.append(f"    {st['id']:<22} {st['status']:<10} {report.fmt_seconds(st.get('duration_s'))}")
+    dt = report.downtime(state)
+    if dt is not None:
+        lines.append(f"  downtime: {report.fmt_seconds(dt['seconds'])} ({dt['note']})")
+    click.echo("\n".join(lines), err=True)
+
+
+@main.command()
+@click.argument("plan")
+@click.option("--dry-run", is_flag=True, help="Show what would run; change and write nothing.")
+@state_dir_option
+@click.option("--var", "var_pairs", multiple=True, metavar="K=V", help="Override a plan variable.")
+@click.option("--env-file", default=None, help="Load environment variables from this file.")
+@click.option("--yes", "assume_yes", is_flag=True, help="Pass confirm gates without a terminal.")
+@click.option("--fresh", is_flag=True, help="Start a new run (the old one must be finished or abandoned).")
+@click.option("--allow-plan-change", is_flag=True, help="Resume although the plan file changed.")
+@log_format_option
+@handle_errors
+def run(
+    plan: str,
+    dry_run: bool,
+    state_dir: Path | None,
+    var_pairs: tuple[str, ...],
+    env_file: str | None,
+    assume_yes: bool,
+    fresh: bool,
+    allow_plan_change: bool,
+    log_format: str,
+) -> None:
+    """Run PLAN, or resume its unfinished run."""
+    fmt = configure_logging(log_format)
+    request = commands.RunRequest(
+        plan_path=plan,
+        state_dir=_state_dir(state_dir),
+        var_pairs=var_pairs,
+        env_file=env_file,
+        dry_run=dry_run,
+        assume_yes=assume_yes,
+        fresh=fresh,
+        allow_plan_change=allow_plan_change,
+        show_progress_bars=fmt == "console",
+    )
+    if dry_run:
+        text, code = commands.dry_run(request)
+        click.echo(text, nl=False)
+        sys.exit(code)
+    state = commands.run(request)
+    if fmt == "console":
+        _print_summary(state)
+
+
+@main.command()
+@click.argument("plan")
+@state_dir_option
+@click.option("--var", "var_pairs", multiple=True, metavar="K=V")
+@click.option("--env-file", default=None)
+@click.option("--yes", "assume_yes", is_flag=True)
+@click.option("--allow-plan-change", is_flag=True)
+@log_format_option
+@handle_errors
+def resume(
+    plan: str,
+    state_dir: Path | None,
+    var_pairs: tuple[str, ...],
+    env_file: str | None,
+    assume_yes: bool,
+    allow_plan_change: bool,
+    log_format: str,
+) -> None:
+    """Resume PLAN's unfinished run (an error if there is none)."""
+    fmt = configure_logging(log_format)
+    request = commands.RunRequest(
+        plan_path=plan,
+        state_dir=_state_dir(state_dir),
+        var_pairs=var_pairs,
+        env_file=env_file,
+        assume_yes=assume_yes,
+        allow_plan_change=allow_plan_change,
+        resume_only=True,
+        show_progress_bars=fmt == "console",
+    )
+    state = commands.run(request)
+    if fmt == "console":
+        _print_summary(state)
+
+
+@main.command()
+@click.argument("plan", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@state_dir_option
+@handle_errors
+def status(plan: str | None, as_json: bool, state_dir: Path | None) -> None:
+    """Show the latest run of PLAN (or of every plan)."""
+    configure_logging("auto")
+    rows = commands.status(plan, _state_dir(state_dir))
+    if as_json:
+        click.echo(json.dumps(rows[0] if plan and rows else rows, indent=2, default=str))
+    else:
+        click.echo(commands.format_status(rows), nl=False)
+
+
+@main.command()
+@click.argument("plan")
+@click.option("--var", "var_pairs", multiple=True, metavar="K=V")
+@click.option("--env-file", default=None)
+@handle_errors
+def validate(plan: str, var_pairs: tuple[str, ...], env_file: str | None) -> None:
+    """Check PLAN statically: no connections, nothing run."""
+    configure_logging("auto")
+    warnings = commands.validate(plan, var_pairs, env_file)
+    for w in warnings:
+        click.echo(f"warning: {w}", err=True)
+    click.echo(f"{plan}: ok", err=True)
+
+
+@main.command()
+@click.argument("plan")
+@state_dir_option
+@click.option("--var", "var_pairs", multiple=True, metavar="K=V")
+@click.option("--env-file", default=None)
+@click.option("--yes", "assume_yes", is_flag=True)
+@log_format_option
+@handle_errors
+def rollback(
+    plan: str,
+    state_dir: Path | None,
+    var_pairs: tuple[str, ...],
+    env_file: str | None,
+    assume_yes: bool,
+    log_format: str,
+) -> None:
+    """Run the rollback for PLAN's latest run (or finish one that stopped)."""
+    fmt = configure_logging(log_format)
+    request = commands.RunRequest(
+        plan_path=plan,
+        state_dir=_state_dir(state_dir),
+        var_pairs=var_pairs,
+        env_file=env_file,
+        assume_yes=assume_yes,
+        show_progress_bars=fmt == "console",
+    )
+    state = commands.rollback(request)
+    click.echo(f"run {state['run_id']}: {state['status']}", err=True)
+
+
+@main.command()
+@click.argument("plan")
+@state_dir_option
+@handle_errors
+def abandon(plan: str, state_dir: Path | None) -> None:
+    """Mark PLAN's unfinished run abandoned (undoes nothing) so a new run can start."""
+    configure_logging("auto")
+    state = commands.abandon(plan, _state_dir(state_dir))
+    click.echo(
+        f"run {state['run_id']} abandoned (was {state['abandoned_from']}); "
+        f"the next `migration run` starts a new run",
+        err=True,
+    )
+
+
+@main.command()
+@handle_errors
+def steps() -> None:
+    """List step types with their parameters."""
+    click.echo(commands.list_steps(), nl=False)
+
+
+@main.command()
+@handle_errors
+def schema() -> None:
+    """Print the JSON Schema of the plan format."""
+    click.echo(commands.schema(), nl=False)
+
+
+@main.command(name="report")
+@click.argument("plan")
+@click.option("--format", "fmt", type=click.Choice(["md", "html"]), default="md", show_default=True)
+@click.option("--run", "run_id", default=None, help="A run id (default: the latest run).")
+@state_dir_option
+@handle_errors
+def report_command(plan: str, fmt: str, run_id: str | None, state_dir: Path | None) -> None:
+    """Print a report of PLAN's latest run (or --run RUN_ID)."""
+    click.echo(commands.make_report(plan, fmt, run_id, _state_dir(state_dir)), nl=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,439 @@
+"""One function per CLI command. No click here: the CLI parses, these do the work.
+
+Outcomes other than success are raised as MigrationError subclasses carrying the
+exit code (RolledBack 3, RollbackFailed 4, StepFailed 1, Interrupted 130, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+import yaml
+
+from migration import report
+from migration.context import (
+    TemplateContext,
+    build_env,
+    missing_env,
+    parse_var_overrides,
+    render_vars,
+)
+from migration.errors import (
+    Interrupted,
+    MigrationError,
+    PlanError,
+    RollbackFailed,
+    RolledBack,
+    StateError,
+    StepFailed,
+    UsageError,
+)
+from migration.log import redactor
+from migration.plan.loader import LoadedPlan, load_plan
+from migration.plan.model import Plan
+from migration.preview import Previewer
+from migration.runner import Runner, RunOptions, interactive_stdin, new_state, reconcile
+from migration.state import FINISHED, StateStore, new_run_id, now_iso
+from migration.steps.registry import step_types
+
+log = structlog.get_logger("migration")
+
+
+def default_state_dir() -> Path:
+    return Path(os.environ.get("MIGRATION_STATE_DIR") or "state")
+
+
+@dataclass
+class RunRequest:
+    plan_path: str
+    state_dir: Path = field(default_factory=default_state_dir)
+    var_pairs: tuple[str, ...] = ()
+    env_file: str | None = None
+    dry_run: bool = False
+    assume_yes: bool = False
+    fresh: bool = False
+    allow_plan_change: bool = False
+    resume_only: bool = False
+    show_progress_bars: bool = False
+    workdir: Path = field(default_factory=Path.cwd)
+
+
+@dataclass
+class Prepared:
+    loaded: LoadedPlan
+    env: dict[str, str]
+    vars: dict[str, Any]
+    overrides: dict[str, Any]
+    warnings: list[str]
+
+
+def _prepare(
+    plan_path: str, var_pairs: tuple[str, ...], env_file: str | None, workdir: Path, strict_env: bool
+) -> Prepared:
+    overrides = parse_var_overrides(var_pairs)
+    loaded = load_plan(plan_path, overrides)
+    warnings: list[str] = []
+    env = build_env(loaded, workdir, env_file, warnings)
+    missing = missing_env(loaded, env)
+    if missing and strict_env:
+        raise UsageError(missing[0] + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    warnings.extend(missing)
+    redact = redactor()
+    redact.add_env(env)
+    redact.learn(overrides)
+    run_info = {
+        "id": "<run-id>",
+        "started_at": now_iso(),
+        "plan": loaded.plan.name,
+        "plan_name": loaded.plan.name,
+    }
+    if missing:
+        return Prepared(loaded, env, {}, overrides, warnings)
+    vars_ = render_vars(loaded, overrides, env, run_info)
+    redact.learn(vars_)
+    return Prepared(loaded, env, vars_, overrides, warnings)
+
+
+def validate(plan_path: str, var_pairs: tuple[str, ...] = (), env_file: str | None = None) -> list[str]:
+    """Static check, no connections. Returns warnings (e.g. a missing env variable)."""
+    prepared = _prepare(plan_path, var_pairs, env_file, Path.cwd(), strict_env=False)
+    return prepared.warnings
+
+
+def dry_run(request: RunRequest) -> tuple[str, int]:
+    prepared = _prepare(
+        request.plan_path, request.var_pairs, request.env_file, request.workdir, strict_env=True
+    )
+    for w in prepared.warnings:
+        log.warning(w)
+    context = TemplateContext(
+        vars=prepared.vars,
+        env=prepared.env,
+        run={
+            "id": "<dry-run>",
+            "started_at": now_iso(),
+            "plan": prepared.loaded.plan.name,
+            "plan_name": prepared.loaded.plan.name,
+        },
+    )
+    previewer = Previewer(prepared.loaded, context, request.workdir, redactor(), request.assume_yes)
+    text = previewer.render()
+    return text, 1 if previewer.problems else 0
+
+
+def _resume_message(state: dict[str, Any], plan_path: str) -> str:
+    return f"run {state['run_id']} of {state['plan_name']}; resume it with: migration run {plan_path}"
+
+
+def run(request: RunRequest) -> dict[str, Any]:
+    """Run a plan, or resume its unfinished run. Returns the final state (succeeded);
+    raises the outcome's MigrationError otherwise."""
+    prepared = _prepare(
+        request.plan_path, request.var_pairs, request.env_file, request.workdir, strict_env=True
+    )
+    for w in prepared.warnings:
+        log.warning(w)
+    loaded = prepared.loaded
+    store = StateStore(request.state_dir, loaded.plan.name, redactor())
+    store.acquire()
+    try:
+        previous = store.lock.previous_owner
+        if previous:
+            log.warning(
+                f"previous run, pid {previous.get('pid')} on host {previous.get('host')}, died; resuming",
+                lock=str(store.lock.path),
+            )
+        current = store.load_current()
+        state: dict[str, Any]
+        if current is not None and current["status"] not in FINISHED:
+            if request.fresh:
+                raise UsageError(
+                    f"run {current['run_id']} is unfinished ({current['status']}); --fresh starts a new run "
+                    f"only after it is abandoned: migration abandon {request.plan_path}"
+                )
+            if current["status"] == "rollback_failed":
+                raise RollbackFailed(
+                    f"run {current['run_id']}: the rollback failed and needs an operator "
+                    f"({(current.get('rollback') or {}).get('error')}). Fix the cause, then retry the "
+                    f"remaining rollback steps with: migration rollback {request.plan_path}; or, after "
+                    f"repairing by hand: migration abandon {request.plan_path}"
+                )
+            if current.get("plan_digest") != loaded.digest:
+                if not request.allow_plan_change:
+                    raise UsageError(
+                        f"plan file changed since run {current['run_id']} started "
+                        f"({current.get('plan_digest')} -> {loaded.digest}); resume anyway with "
+                        f"--allow-plan-change, or abandon it: migration abandon {request.plan_path}"
+                    )
+                current.setdefault("plan_changes", []).append(
+                    {"at": now_iso(), "from": current.get("plan_digest"), "to": loaded.digest}
+                )
+                current["plan_digest"] = loaded.digest
+            reconcile(current, loaded)
+            state = current
+            log.info("resuming", run_id=state["run_id"], status=state["status"])
+        else:
+            if request.resume_only:
+                raise UsageError(f"no unfinished run of plan {loaded.plan.name} to resume")
+            state = new_state(loaded, new_run_id(), request.workdir, list(prepared.overrides))
+            store.save(state)
+            store.set_current(state["run_id"])
+            log.info("new run", run_id=state["run_id"], plan=loaded.plan.name)
+        runner = Runner(loaded, store, state, _options(request, prepared), redactor())
+        with runner.signals():
+            runner.execute()
+        return _outcome(runner.state, request.plan_path)
+    finally:
+        store.release()
+
+
+def _options(request: RunRequest, prepared: Prepared) -> RunOptions:
+    return RunOptions(
+        workdir=request.workdir,
+        env=prepared.env,
+        vars=prepared.vars,
+        assume_yes=request.assume_yes,
+        interactive=interactive_stdin(),
+        show_progress_bars=request.show_progress_bars,
+    )
+
+
+def _outcome(state: dict[str, Any], plan_path: str) -> dict[str, Any]:
+    status = state["status"]
+    error = (state.get("error") or {}).get("message", "")
+    if status == "succeeded":
+        return state
+    if status == "interrupted":
+        raise Interrupted(f"interrupted; {_resume_message(state, plan_path)}")
+    if status == "failed":
+        raise StepFailed(
+            f"{error}. The run stopped (on_failure: stop). Fix the cause and resume from the failed "
+            f"step with: migration run {plan_path}; or undo with: migration rollback {plan_path}"
+        )
+    if status == "rolled_back":
+        rb = state.get("rollback") or {}
+        skipped = [s for s in rb.get("steps", []) if s["status"] == "skipped"]
+        note = "; ".join(f"{s['id']}: {s.get('reason')}" for s in skipped)
+        raise RolledBack(
+            f"{error or rb.get('reason')}. Rollback completed ({len(rb.get('steps', []))} step(s))"
+            + (f"; skipped {note}" if note else "")
+        )
+    if status == "rollback_failed":
+        rb = state.get("rollback") or {}
+        raise RollbackFailed(
+            f"ROLLBACK FAILED - manual intervention needed. Original failure: {error or rb.get('reason')}. "
+            f"Rollback: {rb.get('error')}. "
+            f"Rollback steps done: {', '.join(rb.get('done') or []) or 'none'}; "
+            f"not done: {', '.join(rb.get('remaining') or []) or 'none'}. "
+            "The system may be half rolled back: "
+            f"check it, fix the cause, then retry the remaining steps with: migration rollback {plan_path}"
+        )
+    raise StateError(f"run ended in unexpected state {status}")
+
+
+def rollback(request: RunRequest) -> dict[str, Any]:
+    """Run (or finish) the rollback of the plan's latest run."""
+    prepared = _prepare(
+        request.plan_path, request.var_pairs, request.env_file, request.workdir, strict_env=True
+    )
+    loaded = prepared.loaded
+    store = StateStore(request.state_dir, loaded.plan.name, redactor())
+    store.acquire()
+    try:
+        state = store.load_current()
+        if state is None:
+            raise UsageError(
+                f"plan {loaded.plan.name} has no run to roll back (state dir {request.state_dir})"
+            )
+        if state["status"] == "rolled_back":
+            log.info("already rolled back", run_id=state["run_id"])
+            return state
+        if state["status"] == "abandoned":
+            raise UsageError(f"run {state['run_id']} was abandoned; nothing to roll back")
+        if state["status"] == "rolling_back" or state.get("interrupted_from") == "rolling_back":
+            pass
+        elif state["status"] == "running":
+            state["status"] = "interrupted"
+        reconcile(state, loaded)
+        runner = Runner(loaded, store, state, _options(request, prepared), redactor())
+        reason = (state.get("error") or {}).get("message") or "rollback requested by operator"
+        with runner.signals():
+            runner.rollback(reason)
+        final = runner.state
+        if final["status"] == "rolled_back":
+            return final
+        return _outcome(final, request.plan_path)
+    finally:
+        store.release()
+
+
+def abandon(plan_path: str, state_dir: Path) -> dict[str, Any]:
+    """Mark the unfinished latest run abandoned so a new run can start (nothing is undone)."""
+    name = plan_name_of(plan_path)
+    store = StateStore(state_dir, name, redactor())
+    store.acquire()
+    try:
+        state = store.load_current()
+        if state is None or state["status"] in FINISHED:
+            raise UsageError(f"plan {name} has no unfinished run to abandon")
+        before = state["status"]
+        state["status"] = "abandoned"
+        state["abandoned_from"] = before
+        state["finished_at"] = now_iso()
+        store.save(state)
+        store.open_events(state["run_id"]).emit("run", transition="abandon", source=before, dest="abandoned")
+        return state
+    finally:
+        store.release()
+
+
+def plan_name_of(plan: str) -> str:
+    """The plan's name from its file (leniently: status must work on a broken plan), or ``plan`` itself."""
+    path = Path(plan)
+    if path.is_file():
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise PlanError(f"cannot read plan name: {exc}", file=plan) from exc
+        if isinstance(data, dict) and isinstance(data.get("name"), str):
+            return data["name"]
+        raise PlanError("plan has no name", file=plan)
+    if "/" in plan or plan.endswith((".yaml", ".yml")):
+        raise PlanError("plan file not found", file=plan)
+    return plan
+
+
+def _summary(state: dict[str, Any]) -> dict[str, Any]:
+    steps = [s for p in state.get("phases", []) for s in p.get("steps", [])]
+    counts: dict[str, int] = {}
+    for s in steps:
+        counts[s["status"]] = counts.get(s["status"], 0) + 1
+    current = next((s["id"] for s in steps if s["status"] in ("running", "interrupted", "failed")), None)
+    return {
+        "plan_name": state.get("plan_name"),
+        "run_id": state.get("run_id"),
+        "status": state.get("status"),
+        "started_at": state.get("started_at"),
+        "finished_at": state.get("finished_at"),
+        "needs_operator": state.get("needs_operator", False),
+        "error": (state.get("error") or {}).get("message"),
+        "steps": counts,
+        "current_step": current,
+        "rollback": (state.get("rollback") or {}).get("status"),
+        "downtime_s": (report.downtime(state) or {}).get("seconds"),
+        "phases": [
+            {"id": p["id"], "status": p["status"], "checkpoint": (p.get("checkpoint") or {}).get("status")}
+            for p in state.get("phases", [])
+        ],
+    }
+
+
+def status(plan: str | None, state_dir: Path) -> list[dict[str, Any]]:
+    """Summaries of the latest run of one plan, or of every plan in the state directory."""
+    names = (
+        [plan_name_of(plan)]
+        if plan
+        else sorted(p.name for p in state_dir.glob("*") if p.is_dir() and (p / "current").exists())
+        if state_dir.exists()
+        else []
+    )
+    out = []
+    for name in names:
+        store = StateStore(state_dir, name)
+        state = store.load_current()
+        if state is None:
+            if plan:
+                raise UsageError(f"plan {name} has no runs in {state_dir}")
+            continue
+        out.append(_summary(state))
+    return out
+
+
+def format_status(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no runs\n"
+    lines = []
+    for r in rows:
+        steps = ", ".join(f"{n} {k}" for k, n in sorted(r["steps"].items()))
+        lines.append(f"{r['plan_name']}: {r['status']} (run {r['run_id']}, started {r['started_at']})")
+        lines.append(f"  steps: {steps}")
+        if r["current_step"]:
+            lines.append(f"  at step: {r['current_step']}")
+        if r["error"]:
+            lines.append(f"  failure: {r['error']}")
+        if r["rollback"]:
+            lines.append(f"  rollback: {r['rollback']}")
+        if r["needs_operator"]:
+            lines.append("  NEEDS AN OPERATOR: the rollback did not complete")
+    return "\n".join(lines) + "\n"
+
+
+def make_report(plan: str, fmt: str, run_id: str | None, state_dir: Path) -> str:
+    name = plan_name_of(plan)
+    store = StateStore(state_dir, name)
+    state = store.load(run_id) if run_id else store.load_current()
+    if state is None:
+        raise UsageError(f"plan {name} has no runs in {state_dir}")
+    return report.html_report(state) if fmt == "html" else report.markdown(state)
+
+
+def list_steps() -> str:
+    lines = []
+    for name, cls in step_types().items():
+        lines.append(f"{name}: {cls.describe()}")
+        schema = cls.Params.model_json_schema(by_alias=True)
+        required = set(schema.get("required", []))
+        for pname, prop in schema.get("properties", {}).items():
+            mark = "*" if pname in required else " "
+            kind = (
+                prop.get("type")
+                or "/".join(str(a.get("type", "object")) for a in prop.get("anyOf", []))
+                or "any"
+            )
+            desc = prop.get("description", "")
+            lines.append(f"  {mark} {pname} ({kind})" + (f": {desc}" if desc else ""))
+    lines.append("")
+    lines.append("* required")
+    return "\n".join(lines) + "\n"
+
+
+def schema() -> str:
+    """JSON Schema of plans, with each step type's ``with:`` schema under ``uses``."""
+    base = Plan.model_json_schema(by_alias=True)
+    variants = []
+    for name, cls in step_types().items():
+        params = cls.Params.model_json_schema(by_alias=True)
+        variants.append(
+            {
+                "if": {"properties": {"uses": {"const": name}}, "required": ["uses"]},
+                "then": {"properties": {"with": params}},
+            }
+        )
+    defs = base.setdefault("$defs", {})
+    if "StepSpec" in defs:
+        defs["StepSpec"]["allOf"] = variants
+        defs["StepSpec"]["properties"]["uses"]["enum"] = list(step_types())
+    base["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    base["title"] = "migration plan"
+    return json.dumps(base, indent=2) + "\n"
+
+
+__all__ = [
+    "MigrationError",
+    "RunRequest",
+    "abandon",
+    "dry_run",
+    "format_status",
+    "list_steps",
+    "make_report",
+    "rollback",
+    "run",
+    "schema",
+    "status",
+    "validate",
+]

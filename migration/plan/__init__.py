@@ -1,0 +1,1 @@
+"""Plans: the YAML format, its loader (with line numbers) and its templates."""

@@ -1,0 +1,651 @@
+"""The drive loop: run steps, evaluate checkpoints, roll back; persist after every change.
+
+The state dict is the truth. Each action is: decide from the state, persist the
+intent (``running``), act, persist the result. A process killed at any moment
+therefore leaves a state file that says exactly what was completed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+
+from migration.context import TemplateContext
+from migration.errors import Interrupted, MigrationError, StepError
+from migration.machine import Lifecycle, phase_lifecycle, run_lifecycle
+from migration.plan import templates
+from migration.plan.loader import LoadedPlan
+from migration.plan.model import StepSpec
+from migration.rollback import RollbackContext, find_handler
+from migration.secrets import Redactor
+from migration.state import StateStore, now_iso
+from migration.steps.base import StepContext, StopFlag
+from migration.steps.registry import get_step_type
+
+log = structlog.get_logger("migration")
+
+# What a skipped rollback step "had nothing to" do, by step type.
+_NOTHING_TO = {"mongo.restore": "restore", "process.stop": "stop", "shell": "run"}
+
+
+class StepTimeout(MigrationError):
+    pass
+
+
+class _PhaseFailed(Exception):
+    def __init__(self, message: str, phase: str, step: str | None) -> None:
+        super().__init__(message)
+        self.phase = phase
+        self.step = step
+
+
+@dataclass
+class RunOptions:
+    workdir: Path
+    env: dict[str, str]
+    vars: dict[str, Any]
+    assume_yes: bool = False
+    interactive: bool = False
+    show_progress_bars: bool = False
+
+
+def _new_step_state(spec: StepSpec) -> dict[str, Any]:
+    return {
+        "id": spec.id,
+        "uses": spec.uses,
+        "status": "pending",
+        "attempts": 0,
+        "outputs": {},
+        "error": None,
+        "started_at": None,
+        "finished_at": None,
+    }
+
+
+def _new_phase_state(phase: Any, old: dict[str, Any] | None) -> dict[str, Any]:
+    old_steps = {s["id"]: s for s in (old or {}).get("steps", [])}
+    return {
+        "id": phase.id,
+        "status": (old or {}).get("status", "pending"),
+        "started_at": (old or {}).get("started_at"),
+        "finished_at": (old or {}).get("finished_at"),
+        "checkpoint": (old or {}).get("checkpoint") or {"status": "pending", "results": []},
+        "steps": [old_steps.get(s.id) or _new_step_state(s) for s in phase.steps],
+    }
+
+
+def new_state(loaded: LoadedPlan, run_id: str, workdir: Path, var_overrides: list[str]) -> dict[str, Any]:
+    """A fresh run. Rendered vars are not stored: they may hold values from ``env``."""
+    import os
+    import socket
+
+    return {
+        "schema_version": 1,
+        "run_id": run_id,
+        "plan_name": loaded.plan.name,
+        "plan_path": str(loaded.path),
+        "plan_digest": loaded.digest,
+        "status": "pending",
+        "started_at": now_iso(),
+        "finished_at": None,
+        "workdir": str(workdir),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "var_overrides": sorted(var_overrides),
+        "error": None,
+        "needs_operator": False,
+        "interrupted_from": None,
+        "downtime": loaded.plan.downtime.model_dump() if loaded.plan.downtime else None,
+        "phases": [_new_phase_state(p, None) for p in loaded.plan.phases],
+        "rollback": {
+            "status": None,
+            "reason": None,
+            "started_at": None,
+            "finished_at": None,
+            "steps": [],
+            "error": None,
+        },
+    }
+
+
+def reconcile(state: dict[str, Any], loaded: LoadedPlan) -> None:
+    """Fit a saved state to the plan (same plan: no change; an allowed changed plan:
+    steps and phases matched by id keep their status and outputs)."""
+    old = {p["id"]: p for p in state["phases"]}
+    state["phases"] = [_new_phase_state(p, old.get(p.id)) for p in loaded.plan.phases]
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+class Runner:
+    """Drives one run of a plan to an end state, persisting after every change."""
+
+    def __init__(
+        self,
+        loaded: LoadedPlan,
+        store: StateStore,
+        state: dict[str, Any],
+        options: RunOptions,
+        redact: Redactor,
+    ) -> None:
+        self.loaded = loaded
+        self.plan = loaded.plan
+        self.store = store
+        self.state = state
+        self.options = options
+        self.redact = redact
+        self.stop_flag = StopFlag()
+        self.run = run_lifecycle(state["status"])
+        self.events = store.open_events(state["run_id"])
+        self._interruptible = False
+        self._in_critical = False
+        self.context = TemplateContext(
+            vars=options.vars,
+            env=options.env,
+            run={
+                "id": state["run_id"],
+                "started_at": state["started_at"],
+                "plan": self.plan.name,
+                "plan_name": self.plan.name,
+            },
+        )
+        self._specs: dict[str, StepSpec] = {}
+        for phase in self.plan.phases:
+            for spec in phase.steps + phase.rollback:
+                self._specs[spec.id] = spec
+        for spec in self.plan.rollback_steps():
+            self._specs[spec.id] = spec
+        self._refresh_step_context()
+
+    # -- persistence ----------------------------------------------------------------
+    @contextlib.contextmanager
+    def _critical(self) -> Iterator[None]:
+        """No Interrupted is raised while the state is being written."""
+        was = self._interruptible
+        self._interruptible = False
+        try:
+            yield
+        finally:
+            self._interruptible = was
+        if was and self.stop_flag.is_set():
+            raise Interrupted(f"interrupted by {self.stop_flag.signal_name}")
+
+    def persist(self) -> None:
+        with self._critical():
+            self.store.save(self.state)
+
+    def event(self, name: str, **fields: Any) -> None:
+        self.events.emit(name, run_id=self.state["run_id"], **fields)
+
+    def _fire_run(self, trigger: str) -> None:
+        before = self.run.fire(trigger)
+        self.state["status"] = self.run.state
+        if self.run.state in ("succeeded", "rolled_back", "rollback_failed", "failed", "abandoned"):
+            self.state["finished_at"] = now_iso()
+        elif self.run.state in ("running", "rolling_back"):
+            self.state["finished_at"] = None
+        self.persist()
+        self.event("run", transition=trigger, source=before, dest=self.run.state)
+        log.debug("run state", source=before, dest=self.run.state)
+
+    def _fire_phase(self, machine: Lifecycle, phase_state: dict[str, Any], trigger: str) -> None:
+        before = machine.fire(trigger)
+        phase_state["status"] = machine.state
+        if machine.state == "running" and not phase_state.get("started_at"):
+            phase_state["started_at"] = now_iso()
+        if machine.state in ("succeeded", "failed", "skipped"):
+            phase_state["finished_at"] = now_iso()
+        self.persist()
+        self.event("phase", phase=phase_state["id"], transition=trigger, source=before, dest=machine.state)
+
+    # -- signals ----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def signals(self) -> Iterator[None]:
+        def handler(signum: int, frame: Any) -> None:
+            name = signal.Signals(signum).name
+            first = not self.stop_flag.is_set()
+            self.stop_flag.set(name)
+            if first:
+                log.warning("stopping", signal=name, hint="the run will stop at a safe point; resumable")
+            if self._interruptible:
+                self._interruptible = False
+                raise Interrupted(f"interrupted by {name}")
+
+        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    @contextlib.contextmanager
+    def _interruptible_section(self, timeout: float | None) -> Iterator[None]:
+        def on_alarm(signum: int, frame: Any) -> None:
+            if self._interruptible:
+                self._interruptible = False
+                raise StepTimeout(f"timed out after {timeout:g}s")
+
+        old_alarm = None
+        if timeout:
+            old_alarm = signal.signal(signal.SIGALRM, on_alarm)
+            signal.setitimer(signal.ITIMER_REAL, timeout)
+        if self.stop_flag.is_set():
+            raise Interrupted(f"interrupted by {self.stop_flag.signal_name}")
+        self._interruptible = True
+        try:
+            yield
+        finally:
+            self._interruptible = False
+            if timeout:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.signal(signal.SIGALRM, old_alarm or signal.SIG_DFL)
+
+    # -- helpers ------------------------------------------------------------------------
+    def _all_step_states(self) -> Iterator[dict[str, Any]]:
+        for phase in self.state["phases"]:
+            yield from phase["steps"]
+        yield from self.state["rollback"]["steps"]
+
+    def _refresh_step_context(self) -> None:
+        steps: dict[str, Any] = {}
+        for st in self._all_step_states():
+            if st.get("status") in ("succeeded", "failed") and st.get("attempts", 0) > 0:
+                steps[st["id"]] = {"outputs": st.get("outputs") or {}, "status": st["status"]}
+        self.context.steps = steps
+
+    def _outputs_of(self) -> dict[str, dict[str, Any]]:
+        return {k: v["outputs"] for k, v in self.context.steps.items() if v["status"] == "succeeded"}
+
+    def _debug_log(self, exc: BaseException) -> str:
+        path = self.store.debug_log_path()
+        text = "".join(traceback.format_exception(exc))
+        with contextlib.suppress(OSError), open(path, "a", encoding="utf-8") as fh:
+            fh.write(f"--- {now_iso()} run {self.state['run_id']}\n{self.redact.text(text)}\n")
+        return str(path)
+
+    # -- the main loop -------------------------------------------------------------------
+    def execute(self) -> dict[str, Any]:
+        """Run (or resume) to an end state and return the state."""
+        status = self.run.state
+        try:
+            if status == "pending":
+                self._fire_run("start")
+            elif (
+                status in ("running", "interrupted", "failed")
+                and self.state.get("interrupted_from") != "rolling_back"
+            ):
+                if status == "running":
+                    self._fire_run("interrupt")  # found half-done: the process died
+                self.state["interrupted_from"] = None
+                self._fire_run("resume")
+            if self.run.state in ("rolling_back", "interrupted", "rollback_failed"):
+                self.state["interrupted_from"] = None
+                self._rollback(self.state["rollback"].get("reason") or "resumed rollback")
+                return self.state
+            try:
+                self._run_phases()
+            except _PhaseFailed as failure:
+                self.state["error"] = {"message": str(failure), "phase": failure.phase, "step": failure.step}
+                self._fire_run("fail")
+                self.event("failure", message=str(failure), phase=failure.phase, step=failure.step)
+                if self.plan.on_failure == "rollback":
+                    self._rollback(str(failure))
+                return self.state
+            self._fire_run("succeed")
+        except Interrupted as exc:
+            self._interrupt(str(exc))
+        return self.state
+
+    def _interrupt(self, reason: str) -> None:
+        self._interruptible = False
+        self.state["interrupted_from"] = (
+            self.run.state if self.run.state in ("running", "rolling_back") else None
+        )
+        if self.run.state in ("running", "rolling_back", "pending"):
+            for st in self._all_step_states():
+                if st["status"] == "running":
+                    st["status"] = "interrupted"
+                    st["error"] = reason
+            self.run.fire("interrupt")
+            self.state["status"] = "interrupted"
+            self.store.save(self.state)
+            self.event("run", transition="interrupt", dest="interrupted", reason=reason)
+
+    def _run_phases(self) -> None:
+        for phase, phase_state in zip(self.plan.phases, self.state["phases"], strict=True):
+            if phase_state["status"] in ("succeeded", "skipped"):
+                continue
+            machine = phase_lifecycle(phase.id, phase_state["status"])
+            self._fire_phase(machine, phase_state, "start")
+            log.info("phase", phase=phase.id, status="running")
+            failure: _PhaseFailed | None = None
+            for spec, step_state in zip(phase.steps, phase_state["steps"], strict=True):
+                ok = self._run_step(spec, step_state, phase.id)
+                if not ok and not spec.continue_on_error:
+                    failure = _PhaseFailed(f"step {spec.id} failed: {step_state['error']}", phase.id, spec.id)
+                    break
+            if failure is None:
+                failure = self._checkpoint(phase, phase_state)
+            if failure is not None:
+                self._fire_phase(machine, phase_state, "fail")
+                log.error("phase failed", phase=phase.id, reason=str(failure))
+                raise failure
+            self._fire_phase(machine, phase_state, "succeed")
+            log.info("phase", phase=phase.id, status="succeeded")
+
+    def _checkpoint(self, phase: Any, phase_state: dict[str, Any]) -> _PhaseFailed | None:
+        if not phase.checkpoint:
+            phase_state["checkpoint"] = {"status": "none", "results": []}
+            return None
+        results = []
+        failed: list[str] = []
+        ctx = self.context.as_dict()
+        for cp in phase.checkpoint:
+            result: dict[str, Any] = {"that": cp.that, "message": cp.message}
+            try:
+                value = templates.evaluate(cp.that, ctx)
+                result["passed"] = templates.truthy(value)
+                result["value"] = _jsonable(value) if not isinstance(value, bool) else value
+            except templates.TemplateError as exc:
+                result["passed"] = False
+                result["error"] = str(exc)
+            results.append(result)
+            if not result["passed"]:
+                why = cp.message or cp.that
+                if result.get("error"):
+                    why += f" ({result['error']})"
+                failed.append(why)
+        phase_state["checkpoint"] = {
+            "status": "failed" if failed else "passed",
+            "results": results,
+            "evaluated_at": now_iso(),
+        }
+        self.persist()
+        self.event("checkpoint", phase=phase.id, status=phase_state["checkpoint"]["status"], failed=failed)
+        if failed:
+            return _PhaseFailed(f"checkpoint of phase {phase.id} failed: {'; '.join(failed)}", phase.id, None)
+        log.info("checkpoint passed", phase=phase.id, conditions=len(results))
+        return None
+
+    # -- one step --------------------------------------------------------------------------
+    def _run_step(self, spec: StepSpec, st: dict[str, Any], phase_id: str | None) -> bool:
+        """Run one step (with retries) unless already done. True when it succeeded or was skipped."""
+        if st["status"] in ("succeeded", "skipped"):
+            return True
+        ctx_dict = self.context.as_dict()
+        if spec.when is not None:
+            try:
+                go = templates.truthy(templates.evaluate(spec.when, ctx_dict))
+            except templates.TemplateError as exc:
+                return self._step_failed(spec, st, f"when: {exc}")
+            if not go:
+                st["status"] = "skipped"
+                st["reason"] = f"when: {spec.when} is false"
+                self.persist()
+                self.event("step", step=spec.id, dest="skipped", reason=st["reason"])
+                log.info("step skipped", step=spec.id, reason=st["reason"])
+                return True
+        step_type = get_step_type(spec.uses)
+        assert step_type is not None  # checked at load
+        try:
+            quoted = step_type.quoted_fields(spec.with_)
+            rendered = {
+                k: templates.render_value(v, ctx_dict, quote=k in quoted) for k, v in spec.with_.items()
+            }
+        except templates.TemplateError as exc:
+            return self._step_failed(spec, st, str(exc))
+        self.redact.learn(rendered)
+        try:
+            params = step_type.Params.model_validate(rendered)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            return self._step_failed(spec, st, f"with.{where}: {first['msg']} (after rendering)")
+
+        # Each process gets the whole retry policy; attempts counts all of them.
+        tries_left = spec.retries
+        delay = spec.retry_delay
+        while True:
+            st["status"] = "running"
+            st["attempts"] = st.get("attempts", 0) + 1
+            st["started_at"] = now_iso()
+            st["error"] = None
+            self.persist()
+            self.event("step", step=spec.id, phase=phase_id, dest="running", attempt=st["attempts"])
+            log.info("step", step=spec.id, uses=spec.uses, status="running", attempt=st["attempts"])
+            started = time.monotonic()
+            ctx = StepContext(
+                step_id=spec.id,
+                params=params,
+                workdir=self.options.workdir,
+                run_id=self.state["run_id"],
+                plan_name=self.plan.name,
+                state_dir=self.store.dir,
+                resume=dict(st.get("progress") or {}),
+                outputs_of=self._outputs_of(),
+                assume_yes=self.options.assume_yes,
+                interactive=self.options.interactive,
+                redact=self.redact,
+                stop_flag=self.stop_flag,
+                on_progress=self._progress_saver(st),
+                show_progress_bar=self.options.show_progress_bars,
+                env=dict(self.options.env),
+            )
+            error: str | None = None
+            outputs: dict[str, Any] = {}
+            try:
+                with self._interruptible_section(spec.timeout):
+                    outputs = step_type().run(ctx) or {}
+            except Interrupted:
+                raise
+            except StepError as exc:
+                error, outputs = str(exc), exc.outputs
+            except StepTimeout as exc:
+                error = str(exc)
+            except MigrationError as exc:
+                error = str(exc)
+            except Exception as exc:  # a bug in a step or plugin: keep the traceback
+                where = self._debug_log(exc)
+                error = f"{type(exc).__name__}: {exc} (traceback in {where})"
+            elapsed = time.monotonic() - started
+            st["outputs"] = self.redact(_jsonable(outputs))
+            st["duration_s"] = round(elapsed, 3)
+            st["finished_at"] = now_iso()
+            if error is None:
+                st["status"] = "succeeded"
+                st.pop("progress", None)
+                self.persist()
+                self.event(
+                    "step", step=spec.id, phase=phase_id, dest="succeeded", duration_s=st["duration_s"]
+                )
+                log.info("step", step=spec.id, status="succeeded", duration_s=st["duration_s"])
+                self._refresh_step_context()
+                return True
+            error = self.redact.text(error)
+            if tries_left > 0:
+                tries_left -= 1
+                st["status"] = "pending"
+                st["error"] = error
+                self.persist()
+                self.event("step", step=spec.id, dest="retry", error=error, attempt=st["attempts"])
+                log.warning("step failed; retrying", step=spec.id, error=error, in_s=delay)
+                with self._interruptible_section(None):
+                    self.stop_flag.wait(delay)
+                delay = min(delay * 2, 60)
+                continue
+            return self._step_failed(spec, st, error)
+
+    def _step_failed(self, spec: StepSpec, st: dict[str, Any], error: str) -> bool:
+        st["status"] = "failed"
+        st["error"] = self.redact.text(error)
+        st["finished_at"] = now_iso()
+        self.persist()
+        self.event("step", step=spec.id, dest="failed", error=st["error"])
+        log.error("step failed", step=spec.id, error=st["error"])
+        self._refresh_step_context()
+        return False
+
+    def _progress_saver(self, st: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
+        def save(fields: dict[str, Any]) -> None:
+            st["progress"] = self.redact(_jsonable(fields))
+            self.persist()
+
+        return save
+
+    # -- rollback ------------------------------------------------------------------------------
+    def _rollback_entries(self) -> list[dict[str, Any]]:
+        entries: list[dict[str, Any]] = []
+        for phase, phase_state in reversed(list(zip(self.plan.phases, self.state["phases"], strict=True))):
+            # Phases that started (completed, or failed part-way) are undone, newest first.
+            if phase_state["status"] in ("succeeded", "failed", "running") or any(
+                s["attempts"] for s in phase_state["steps"]
+            ):
+                for spec in phase.rollback:
+                    entries.append({**_new_step_state(spec), "phase": phase.id})
+        if isinstance(self.plan.rollback, list):
+            for spec in self.plan.rollback:
+                entries.append({**_new_step_state(spec), "phase": None})
+        else:
+            entries.append(
+                {
+                    "id": f"handler:{self.plan.rollback.handler}",
+                    "uses": "handler",
+                    "status": "pending",
+                    "attempts": 0,
+                    "outputs": {},
+                    "error": None,
+                    "started_at": None,
+                    "finished_at": None,
+                    "phase": None,
+                }
+            )
+        return entries
+
+    def rollback(self, reason: str) -> dict[str, Any]:
+        """``migration rollback PLAN``: run (or finish) the rollback on demand."""
+        try:
+            self._rollback(reason)
+        except Interrupted as exc:
+            self._interrupt(str(exc))
+        return self.state
+
+    def _rollback(self, reason: str) -> None:
+        rb = self.state["rollback"]
+        if self.run.state != "rolling_back":
+            self._fire_run("roll_back")
+        if not rb["steps"] or rb["status"] in (None, "succeeded"):
+            rb["steps"] = self._rollback_entries()
+        if not rb.get("reason"):
+            rb["reason"] = reason
+        rb["status"] = "running"
+        rb["started_at"] = rb.get("started_at") or now_iso()
+        rb["error"] = None
+        self.persist()
+        log.warning("rolling back", reason=rb["reason"], steps=[e["id"] for e in rb["steps"]])
+        for entry in rb["steps"]:
+            if entry["status"] in ("succeeded", "skipped"):
+                continue
+            ok = self._run_rollback_entry(entry)
+            if not ok:
+                done = [e["id"] for e in rb["steps"] if e["status"] in ("succeeded", "skipped")]
+                todo = [e["id"] for e in rb["steps"] if e["status"] not in ("succeeded", "skipped")]
+                rb["status"] = "failed"
+                rb["error"] = f"rollback step {entry['id']} failed: {entry['error']}"
+                rb["done"] = done
+                rb["remaining"] = todo
+                self.state["needs_operator"] = True
+                rb["finished_at"] = now_iso()
+                self._fire_run("rollback_error")
+                return
+        rb["status"] = "succeeded"
+        rb["finished_at"] = now_iso()
+        self.state["needs_operator"] = False
+        self._fire_run("rollback_done")
+
+    def _run_rollback_entry(self, entry: dict[str, Any]) -> bool:
+        if entry["uses"] == "handler":
+            return self._run_handler(entry)
+        spec = self._specs[entry["id"]]
+        missing = self._missing_dependency(spec)
+        if missing is not None:
+            what = _NOTHING_TO.get(spec.uses, "do")
+            entry["status"] = "skipped"
+            entry["reason"] = f"nothing to {what}: step {missing} did not complete"
+            self.persist()
+            self.event("step", step=spec.id, dest="skipped", reason=entry["reason"])
+            log.warning("rollback step skipped", step=spec.id, reason=entry["reason"])
+            return True
+        ok = self._run_step(spec, entry, entry.get("phase"))
+        return ok or spec.continue_on_error
+
+    def _missing_dependency(self, spec: StepSpec) -> str | None:
+        """A step this rollback step's templates read but that never succeeded."""
+        refs = templates.References()
+        for _, text in templates.iter_strings(spec.with_):
+            if templates.is_template(text):
+                refs.update(templates.references(templates.parse(text)))
+        if spec.when:
+            refs.update(templates.references(templates.parse_expression(spec.when)))
+        for ref in sorted(refs.steps):
+            found = self.context.steps.get(ref)
+            if found is None or found["status"] != "succeeded":
+                return ref
+        return None
+
+    def _run_handler(self, entry: dict[str, Any]) -> bool:
+        assert not isinstance(self.plan.rollback, list)
+        name = self.plan.rollback.handler
+        handler = find_handler(name)
+        entry["status"] = "running"
+        entry["attempts"] = entry.get("attempts", 0) + 1
+        entry["started_at"] = now_iso()
+        self.persist()
+        self.event("step", step=entry["id"], dest="running")
+        try:
+            if handler is None:
+                raise MigrationError(f"rollback handler {name!r} is not registered")
+            kwargs = templates.render_value(self.plan.rollback.with_, self.context.as_dict())
+            ctx = RollbackContext(
+                run_id=self.state["run_id"],
+                plan_name=self.plan.name,
+                workdir=self.options.workdir,
+                error=(self.state.get("error") or {}).get("message"),
+                outputs_of=self._outputs_of(),
+            )
+            with self._interruptible_section(None):
+                result = handler(ctx, **kwargs)
+            entry["outputs"] = self.redact(
+                _jsonable(result if isinstance(result, dict) else {"result": result})
+            )
+            entry["status"] = "succeeded"
+        except Interrupted:
+            raise
+        except Exception as exc:
+            entry["status"] = "failed"
+            entry["error"] = self.redact.text(
+                f"{type(exc).__name__}: {exc}" if not isinstance(exc, MigrationError) else str(exc)
+            )
+        entry["finished_at"] = now_iso()
+        self.persist()
+        self.event("step", step=entry["id"], dest=entry["status"], error=entry.get("error"))
+        return bool(entry["status"] == "succeeded")
+
+
+def interactive_stdin() -> bool:
+    try:
+        return sys.stdin is not None and sys.stdin.isatty()
+    except (ValueError, OSError):
+        return False

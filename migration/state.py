@@ -1,0 +1,270 @@
+"""Durable run state: atomic JSON writes, the per-plan lock, the events log.
+
+Layout under ``STATE_DIR/<plan-name>/``: ``<run-id>.json`` (one per run),
+``current`` (the latest run id), ``lock`` (fcntl lock + pid and host) and
+``<run-id>.events.jsonl`` (every transition, structlog JSON lines).
+
+A state file is written to a temporary file, fsynced, renamed over the old one,
+and the directory fsynced: a reader sees the old or the new document, never a
+mix, whatever moment the process dies at.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import secrets
+import socket
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import structlog
+
+from migration.errors import LockedError, StateError
+from migration.secrets import Redactor
+
+SCHEMA_VERSION = 1
+FINISHED = frozenset({"succeeded", "rolled_back", "abandoned"})
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def new_run_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write ``data`` to ``path`` so that it is never partially visible."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_dir(path.parent)
+
+
+def _state_dir_error(directory: Path, exc: OSError) -> StateError:
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return StateError(
+            f"state directory {directory} is not writable ({exc.strerror}); "
+            "fix its permissions or pass --state-dir DIR"
+        )
+    if exc.errno == errno.ENOSPC:
+        return StateError(f"no space left for the state in {directory}; free some disk and run again")
+    return StateError(f"cannot write state in {directory}: {exc.strerror or exc}")
+
+
+class EventLog:
+    """Audit trail: one JSON line per transition, rendered by structlog."""
+
+    def __init__(self, path: Path, redact: Redactor) -> None:
+        self.path = path
+        self._redact = redact
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._file: IO[str] = os.fdopen(fd, "a", encoding="utf-8")
+        self._log = structlog.wrap_logger(
+            structlog.WriteLogger(self._file),
+            processors=[
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                structlog.processors.JSONRenderer(default=str),
+            ],
+        )
+
+    def emit(self, event: str, **fields: Any) -> None:
+        self._log.msg(event, **self._redact(fields))
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class PlanLock:
+    """An exclusive ``fcntl`` lock on ``<plan>/lock`` holding the owner's pid and host.
+
+    The kernel releases the lock when the process dies, however it dies; the pid
+    and host left in the file then tell the next run whose run it is taking over.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self.previous_owner: dict[str, Any] | None = None
+
+    def acquire(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise _state_dir_error(self.path.parent, exc) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = self._read(fd)
+            os.close(fd)
+            who = f"pid {owner.get('pid', '?')} on host {owner.get('host', '?')}"
+            since = f" since {owner['since']}" if owner.get("since") else ""
+            raise LockedError(
+                f"plan is locked by another live run ({who}{since}); wait for it to finish "
+                f"or stop that process ({self.path})"
+            ) from None
+        owner = self._read(fd)
+        if owner.get("pid"):
+            self.previous_owner = owner
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "since": now_iso()}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(record).encode(), 0)
+        os.fsync(fd)
+        self._fd = fd
+
+    @staticmethod
+    def _read(fd: int) -> dict[str, Any]:
+        try:
+            text = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+            value = json.loads(text) if text else {}
+            return value if isinstance(value, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        # Emptied, not deleted: unlinking a lock file others may hold open races.
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._fd, 0)
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+
+
+class StateStore:
+    """All state of one plan: runs, the ``current`` pointer, lock and events."""
+
+    def __init__(self, state_dir: Path, plan_name: str, redact: Redactor | None = None) -> None:
+        self.root = Path(state_dir)
+        self.dir = self.root / plan_name
+        self.plan_name = plan_name
+        self.redact = redact or Redactor()
+        self.lock = PlanLock(self.dir / "lock")
+        self._events: EventLog | None = None
+
+    # -- directory and lock -------------------------------------------------------
+    def prepare(self) -> None:
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            probe = self.dir / f".probe.{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise _state_dir_error(self.dir, exc) from exc
+
+    def acquire(self) -> None:
+        self.prepare()
+        self.lock.acquire()
+
+    def release(self) -> None:
+        if self._events is not None:
+            self._events.close()
+            self._events = None
+        self.lock.release()
+
+    # -- runs ---------------------------------------------------------------------
+    def run_path(self, run_id: str) -> Path:
+        return self.dir / f"{run_id}.json"
+
+    def current_run_id(self) -> str | None:
+        pointer = self.dir / "current"
+        try:
+            text = pointer.read_text().strip()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StateError(f"cannot read {pointer}: {exc.strerror}") from exc
+        return text or None
+
+    def load(self, run_id: str) -> dict[str, Any]:
+        path = self.run_path(run_id)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError as exc:
+            raise StateError(
+                f"state file {path} named by {self.dir / 'current'} is missing; restore it from "
+                f"backup, or run `migration abandon` to start over"
+            ) from exc
+        except OSError as exc:
+            raise StateError(f"cannot read state file {path}: {exc.strerror}") from exc
+        try:
+            state = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise StateError(
+                f"state file {path} is not valid JSON (line {exc.lineno}, column {exc.colno}: "
+                f"{exc.msg}); it was edited or damaged. Repair it (the events log "
+                f"{path.with_suffix('').name}.events.jsonl records every step), or move it aside "
+                "and run `migration abandon` to start over"
+            ) from exc
+        missing = [k for k in ("run_id", "status", "phases", "plan_digest") if k not in state]
+        if not isinstance(state, dict) or missing:
+            raise StateError(
+                f"state file {path} is not a migration state (missing {', '.join(missing) or 'keys'}); "
+                "repair it or move it aside and run `migration abandon` to start over"
+            )
+        if state.get("schema_version", 0) > SCHEMA_VERSION:
+            raise StateError(
+                f"state file {path} was written by a newer migration (schema "
+                f"{state['schema_version']}); upgrade migration to resume it"
+            )
+        return state
+
+    def load_current(self) -> dict[str, Any] | None:
+        run_id = self.current_run_id()
+        return self.load(run_id) if run_id else None
+
+    def list_runs(self) -> list[str]:
+        if not self.dir.exists():
+            return []
+        return sorted(p.stem for p in self.dir.glob("*.json") if not p.name.startswith("."))
+
+    def save(self, state: dict[str, Any]) -> None:
+        data = json.dumps(self.redact(state), indent=1, default=str, ensure_ascii=False).encode()
+        try:
+            atomic_write(self.run_path(state["run_id"]), data)
+        except OSError as exc:
+            raise _state_dir_error(self.dir, exc) from exc
+
+    def set_current(self, run_id: str) -> None:
+        try:
+            atomic_write(self.dir / "current", (run_id + "\n").encode())
+        except OSError as exc:
+            raise _state_dir_error(self.dir, exc) from exc
+
+    # -- events -------------------------------------------------------------------
+    def events_path(self, run_id: str) -> Path:
+        return self.dir / f"{run_id}.events.jsonl"
+
+    def open_events(self, run_id: str) -> EventLog:
+        if self._events is None or self._events.path != self.events_path(run_id):
+            if self._events is not None:
+                self._events.close()
+            self._events = EventLog(self.events_path(run_id), self.redact)
+        return self._events
+
+    def debug_log_path(self) -> Path:
+        return self.dir / "debug.log"
