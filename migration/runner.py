@@ -362,7 +362,7 @@ class Runner:
             except templates.TemplateError as exc:
                 result["passed"] = False
                 result["error"] = str(exc)
-            results.append(result)
+            results.append(self.redact(result))
             if not result["passed"]:
                 why = cp.message or cp.that
                 if result.get("error"):

@@ -243,7 +243,10 @@ class StateStore:
         return sorted(p.stem for p in self.dir.glob("*.json") if not p.name.startswith("."))
 
     def save(self, state: dict[str, Any]) -> None:
-        data = json.dumps(self.redact(state), indent=1, default=str, ensure_ascii=False).encode()
+        # Values are redacted as they enter the state (outputs, errors, progress,
+        # checkpoint values); one cheap pass over the text catches URL passwords.
+        text = json.dumps(state, separators=(",", ":"), default=str, ensure_ascii=False)
+        data = self.redact.text(text).encode() if "://" in text else text.encode()
         try:
             atomic_write(self.run_path(state["run_id"]), data)
         except OSError as exc:
