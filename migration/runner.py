@@ -183,9 +183,13 @@ class Runner:
         if was and self.stop_flag.is_set():
             raise Interrupted(f"interrupted by {self.stop_flag.signal_name}")
 
-    def persist(self) -> None:
+    def persist(self, step: dict[str, Any] | None = None) -> None:
+        """Make the state durable; a change confined to ``step`` may go to the journal."""
         with self._critical():
-            self.store.save(self.state)
+            if step is None:
+                self.store.save(self.state)
+            else:
+                self.store.save_step(self.state, step)
 
     def event(self, name: str, **fields: Any) -> None:
         self.events.emit(name, run_id=self.state["run_id"], **fields)
@@ -394,7 +398,7 @@ class Runner:
             if not go:
                 st["status"] = "skipped"
                 st["reason"] = f"when: {spec.when} is false"
-                self.persist()
+                self.persist(st)
                 self.event("step", step=spec.id, dest="skipped", reason=st["reason"])
                 log.info("step skipped", step=spec.id, reason=st["reason"])
                 return True
@@ -423,7 +427,7 @@ class Runner:
             st["attempts"] = st.get("attempts", 0) + 1
             st["started_at"] = now_iso()
             st["error"] = None
-            self.persist()
+            self.persist(st)
             self.event("step", step=spec.id, phase=phase_id, dest="running", attempt=st["attempts"])
             log.info("step", step=spec.id, uses=spec.uses, status="running", attempt=st["attempts"])
             started = time.monotonic()
@@ -467,7 +471,7 @@ class Runner:
             if error is None:
                 st["status"] = "succeeded"
                 st.pop("progress", None)
-                self.persist()
+                self.persist(st)
                 self.event(
                     "step", step=spec.id, phase=phase_id, dest="succeeded", duration_s=st["duration_s"]
                 )
@@ -479,7 +483,7 @@ class Runner:
                 tries_left -= 1
                 st["status"] = "pending"
                 st["error"] = error
-                self.persist()
+                self.persist(st)
                 self.event("step", step=spec.id, dest="retry", error=error, attempt=st["attempts"])
                 log.warning("step failed; retrying", step=spec.id, error=error, in_s=delay)
                 with self._interruptible_section(None):
@@ -501,7 +505,7 @@ class Runner:
     def _progress_saver(self, st: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
         def save(fields: dict[str, Any]) -> None:
             st["progress"] = self.redact(_jsonable(fields))
-            self.persist()
+            self.persist(st)
 
         return save
 
