@@ -1,0 +1,434 @@
+"""The ``mongo.backup`` step type: a verified dump in mongodump's layout, plus a manifest."""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+from pymongo.database import Database
+from pymongo.errors import PyMongoError
+
+from migration.errors import StepError
+from migration.steps.base import ProgressReporter, Step, StepContext, StepParams
+from migration.steps.mongo.checksums import collection_digest, count_in_buffer, raw_batches
+from migration.steps.mongo.common import (
+    connect,
+    free_disk_bytes,
+    human_bytes,
+    server_info,
+    user_collections,
+)
+from migration.steps.mongo.dumpfmt import (
+    BACKUP_NAME,
+    DUMP_DIR,
+    MANIFEST_FORMAT,
+    MANIFEST_NAME,
+    PARTIAL_SUFFIX,
+    STATS_NAME,
+    BsonWriter,
+    DumpedCollection,
+    DumpError,
+    backup_folder_name,
+    bson_file_name,
+    fsync_dir,
+    iso_utc,
+    metadata_file_name,
+    metadata_text,
+    read_metadata,
+    scan_bson_file,
+    write_json,
+    write_text,
+)
+from migration.steps.mongo.restore import restore_native, verify_restored
+from migration.steps.mongo.tools import find_tool, run_tool
+from migration.steps.registry import register
+
+DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+
+
+def collection_sizes(db: Database[Any], names: list[str]) -> dict[str, tuple[int, int]]:
+    """name -> (count, bytes) from collStats: fast, and close enough for estimates."""
+    sizes = {}
+    for name in names:
+        stats = db.command("collStats", name)
+        sizes[name] = (int(stats.get("count", 0)), int(stats.get("size", 0)))
+    return sizes
+
+
+def select_collections(db: Database[Any], wanted: list[str] | None) -> list[str]:
+    """All user collections, or the named ones (each must exist)."""
+    present = user_collections(db)
+    if wanted is None:
+        return present
+    missing = sorted(set(wanted) - set(present))
+    if missing:
+        raise StepError(f"collections not found in database {db.name}: {', '.join(missing)}")
+    return sorted(set(wanted))
+
+
+def prune_backups(out: Path, current: str, keep: int) -> list[str]:
+    """Remove ``backup-*`` folders in ``out`` beyond the newest ``keep``; never ``current``."""
+    names = sorted(p.name for p in out.iterdir() if p.is_dir() and BACKUP_NAME.match(p.name))
+    older = [name for name in reversed(names) if name != current]
+    doomed = older[max(0, keep - 1) :]
+    for name in doomed:
+        shutil.rmtree(out / name)
+    return sorted(doomed)
+
+
+def _metadata_of(db: Database[Any], name: str) -> tuple[str, list[Any], list[str]]:
+    spec = next(iter(db.list_collections(filter={"name": name})), None) or {}
+    uuid = (spec.get("info") or {}).get("uuid")
+    indexes = list(db[name].list_indexes())
+    text = metadata_text(
+        name,
+        indexes,
+        uuid=uuid.hex() if isinstance(uuid, bytes) else "",
+        options=dict(spec.get("options") or {}),
+    )
+    return text, indexes, [str(index.get("name")) for index in indexes]
+
+
+class _Dump:
+    """One backup being written into ``<out>/backup-<ts>.partial``."""
+
+    def __init__(
+        self, ctx: StepContext[MongoBackup.Params], db: Database[Any], partial: Path, tool: str
+    ) -> None:
+        self.ctx = ctx
+        self.db = db
+        self.partial = partial
+        self.tool = tool
+        self.gzip = ctx.params.gzip
+        self.db_dir = partial / DUMP_DIR / db.name
+        self.db_dir.mkdir(parents=True)
+        self.written = 0
+
+    def relative(self, path: Path) -> str:
+        return path.relative_to(self.partial).as_posix()
+
+    def native(self, name: str, bar: ProgressReporter) -> dict[str, Any]:
+        """Stream the collection's raw BSON in ``_id`` order into its file."""
+        text, _, index_names = _metadata_of(self.db, name)
+        meta_path = self.db_dir / metadata_file_name(name, self.gzip)
+        write_text(meta_path, text, self.gzip)
+        path = self.db_dir / bson_file_name(name, self.gzip)
+        writer = BsonWriter(path, self.gzip)
+        count = 0
+        try:
+            for batch in raw_batches(self.db, name):
+                writer.write(batch)
+                self.written += len(batch)
+                documents = count_in_buffer(batch)
+                count += documents
+                bar.advance(documents)
+                self.ctx.check_stop()
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        return {
+            "count": count,
+            "bytes": writer.bytes,
+            "sha256": writer.sha256,
+            "checksum": writer.sha256,
+            "file": self.relative(path),
+            "file_bytes": path.stat().st_size,
+            "metadata": self.relative(meta_path),
+            "indexes": index_names,
+        }
+
+    def mongodump(self, name: str, bar: ProgressReporter) -> dict[str, Any]:
+        """Run mongodump for one collection, then read its file back for the manifest."""
+        argv = [self.tool, f"--uri={self.ctx.params.uri}", f"--collection={name}"]
+        argv += [f"--out={self.partial / DUMP_DIR}"] + (["--gzip"] if self.gzip else [])
+        run_tool(self.ctx, argv, f"mongodump {name}")
+        path = self.db_dir / bson_file_name(name, self.gzip)
+        meta_path = self.db_dir / metadata_file_name(name, self.gzip)
+        scan = scan_bson_file(path)
+        # mongodump writes in natural order; the collection checksum is over _id order.
+        _, checksum = collection_digest(self.db, name)
+        bar.advance(scan.count)
+        self.written += scan.bytes
+        indexes = read_metadata(meta_path).get("indexes", [])
+        return {
+            "count": scan.count,
+            "bytes": scan.bytes,
+            "sha256": scan.sha256,
+            "checksum": checksum,
+            "file": self.relative(path),
+            "file_bytes": path.stat().st_size,
+            "metadata": self.relative(meta_path),
+            "indexes": [str(index.get("name")) for index in indexes],
+        }
+
+    def dumped(self, entries: dict[str, dict[str, Any]]) -> list[DumpedCollection]:
+        return [
+            DumpedCollection(
+                name=name,
+                bson=self.partial / entry["file"],
+                metadata=self.partial / entry["metadata"],
+                count=entry["count"],
+                sha256=entry["sha256"],
+                checksum=entry["checksum"],
+            )
+            for name, entry in entries.items()
+        ]
+
+    def verify_files(self, entries: dict[str, dict[str, Any]]) -> None:
+        """Read every file back from disk: framing, count and SHA-256 as recorded."""
+        for dumped in self.dumped(entries):
+            scan = scan_bson_file(dumped.bson)
+            if (scan.count, scan.sha256) != (dumped.count, dumped.sha256):
+                raise StepError(f"backup file {dumped.bson.name} reads back differently")
+            assert dumped.metadata is not None
+            read_metadata(dumped.metadata)
+
+    def verify_by_restore(self, client_db: Database[Any], entries: dict[str, Any]) -> None:
+        """Restore into a scratch database on the same server, compare, drop it."""
+        client = client_db.client
+        scratch_name = f"{client_db.name[:40]}_verify_{secrets.token_hex(4)}"
+        scratch = client[scratch_name]
+        ferretdb = bool(server_info(client)["ferretdb"])
+        chosen = self.dumped(entries)
+        self.ctx.log.info("verify by restore", scratch_database=scratch_name)
+        try:
+            total = sum(d.count or 0 for d in chosen)
+            with self.ctx.progress_bar("verify: restoring", total or None) as bar:
+                for dumped in chosen:
+                    restore_native(
+                        scratch,
+                        dumped,
+                        ferretdb,
+                        lambda m: self.ctx.log.warning("verify", note=m),
+                        bar.advance,
+                        self.ctx.check_stop,
+                    )
+            _, _, problems = verify_restored(scratch, chosen, {})
+            if problems:
+                raise StepError("verify by restore failed: " + "; ".join(problems[:3]))
+        finally:
+            client.drop_database(scratch_name)
+
+
+@register
+class MongoBackup(Step["MongoBackup.Params"]):
+    """Back up a database: a dump in mongodump's layout, checked and with a manifest.
+
+    Writes ``<out>/backup-<UTC timestamp>/mongodb-dump/<db>/<collection>.bson`` and
+    ``.metadata.json`` (``.gz`` with ``gzip``), ``stats.json`` and
+    ``backup-manifest.json`` (per collection: count, bytes, SHA-256; ``totalRecords``,
+    server version, created_at). The native tool streams raw BSON in ``_id`` order,
+    never decoding documents, so memory stays flat. Everything is written into a
+    ``.partial`` folder renamed at the very end; a failed backup is removed, and
+    says so. Counts taken before and after the dump must agree with what was
+    written: a difference means something is still writing (stop the application).
+    ``verify``: ``counts`` (always done), ``checksums`` (read every file back) or
+    ``restore`` (also restore into a scratch database and compare, then drop it).
+    ``keep: N`` prunes older ``backup-*`` folders in ``out``, never this one.
+
+    Outputs: ``path`` (the backup folder holding the manifest), ``total_records``,
+    ``collections`` (collection name -> documents), ``bytes`` (BSON bytes dumped),
+    ``disk_bytes`` (on disk), ``verified`` (the verification done), ``pruned``.
+
+    Example:
+        ```yaml
+        - id: backup
+          uses: mongo.backup
+          with:
+            uri: "{{ vars.db }}"
+            out: backups
+            verify: checksums
+            keep: 5
+        ```
+    """
+
+    name = "mongo.backup"
+
+    class Params(StepParams):
+        uri: str = Field(description="connection string naming the database")
+        out: str = Field(description="folder that receives backup-<timestamp>/")
+        collections: list[str] | None = Field(default=None, description="default: all")
+        tool: Literal["native", "mongodump"] = "native"
+        verify: Literal["counts", "checksums", "restore"] = "counts"
+        gzip: bool = False
+        keep: int | None = Field(default=None, ge=1, description="backups to keep in out")
+
+    def run(self, ctx: StepContext[MongoBackup.Params]) -> dict[str, Any]:
+        params = ctx.params
+        tool = find_tool(ctx, "mongodump") if params.tool == "mongodump" else ""
+        client, db = connect(params.uri)
+        try:
+            return self._backup(ctx, db, tool)
+        finally:
+            client.close()
+
+    def _backup(self, ctx: StepContext[MongoBackup.Params], db: Database[Any], tool: str) -> dict[str, Any]:
+        params = ctx.params
+        info = server_info(db.client)
+        names = select_collections(db, params.collections)
+        out = ctx.path(params.out)
+        out.mkdir(parents=True, exist_ok=True)
+        _, free = free_disk_bytes(out)
+        estimate = sum(size for _, size in collection_sizes(db, names).values())
+        if estimate > free:
+            ctx.log.warning(
+                "backup may not fit",
+                free=human_bytes(free),
+                estimated=human_bytes(estimate),
+                out=str(out),
+            )
+        for leftover in sorted(out.glob("backup-*" + PARTIAL_SUFFIX)):
+            ctx.log.warning("unfinished backup left by an earlier run", folder=str(leftover))
+        before = {name: db[name].count_documents({}) for name in names}
+        moment = datetime.now(UTC)
+        final = out / backup_folder_name(moment)
+        while final.exists() or final.with_name(final.name + PARTIAL_SUFFIX).exists():
+            moment += timedelta(milliseconds=1)
+            final = out / backup_folder_name(moment)
+        partial = final.with_name(final.name + PARTIAL_SUFFIX)
+        partial.mkdir()
+        ctx.log.info("backup started", folder=str(final), collections=len(names))
+        dump = _Dump(ctx, db, partial, tool)
+        try:
+            entries: dict[str, dict[str, Any]] = {}
+            with ctx.progress_bar("backup", sum(before.values()) or None) as bar:
+                for name in names:
+                    ctx.check_stop()
+                    entry = dump.mongodump(name, bar) if tool else dump.native(name, bar)
+                    entries[name] = entry
+                    ctx.log.info("dumped", collection=name, documents=entry["count"])
+            after = {name: db[name].count_documents({}) for name in names}
+            changed = [
+                f"{name} (before {before[name]}, dumped {entries[name]['count']}, after {after[name]})"
+                for name in names
+                if not before[name] == entries[name]["count"] == after[name]
+            ]
+            if changed:
+                raise StepError(
+                    "documents changed during the backup: " + ", ".join(changed[:5]) + "; "
+                    "something is still writing: stop the application and run the backup again"
+                )
+            if params.verify in ("checksums", "restore"):
+                dump.verify_files(entries)
+            if params.verify == "restore":
+                dump.verify_by_restore(db, entries)
+            manifest = self._manifest(db.name, info, tool, params, moment, entries)
+            counts = {name: entry["count"] for name, entry in entries.items()}
+            write_json(
+                partial / STATS_NAME,
+                {"database": db.name, "collections": counts, "totalRecords": sum(counts.values())},
+            )
+            write_json(partial / MANIFEST_NAME, manifest)
+            fsync_dir(dump.db_dir)
+            fsync_dir(partial)
+            os.rename(partial, final)
+            fsync_dir(out)
+        except BaseException as exc:
+            replacement = self._failed(ctx, exc, partial, out, dump.written)
+            if replacement is exc:
+                raise
+            raise replacement from exc
+        pruned = prune_backups(out, final.name, params.keep) if params.keep else []
+        if pruned:
+            ctx.log.info("pruned old backups", removed=pruned, kept=params.keep)
+        ctx.log.info("backup completed", folder=str(final), total_records=sum(counts.values()))
+        return {
+            "path": str(final),
+            "total_records": sum(counts.values()),
+            "collections": counts,
+            "bytes": sum(entry["bytes"] for entry in entries.values()),
+            "disk_bytes": sum(p.stat().st_size for p in final.rglob("*") if p.is_file()),
+            "verified": params.verify,
+            "manifest": str(final / MANIFEST_NAME),
+            "database": db.name,
+            "pruned": pruned,
+        }
+
+    @staticmethod
+    def _manifest(
+        database: str,
+        info: dict[str, Any],
+        tool: str,
+        params: MongoBackup.Params,
+        moment: datetime,
+        entries: dict[str, dict[str, Any]],
+    ) -> dict[str, Any]:
+        return {
+            "format": MANIFEST_FORMAT,
+            "database": database,
+            "created_at": iso_utc(moment),
+            "server_version": info["version"],
+            "ferretdb": info["ferretdb"],
+            "tool": "mongodump" if tool else "native",
+            "gzip": params.gzip,
+            "dump_dir": f"{DUMP_DIR}/{database}",
+            "verified": params.verify,
+            "totalRecords": sum(entry["count"] for entry in entries.values()),
+            "totalBytes": sum(entry["bytes"] for entry in entries.values()),
+            "collections": entries,
+        }
+
+    @staticmethod
+    def _failed(
+        ctx: StepContext[Any], exc: BaseException, partial: Path, out: Path, written: int
+    ) -> BaseException:
+        """Remove the partial backup and say so in the error."""
+        try:
+            shutil.rmtree(partial)
+            note = f"the unfinished backup {partial.name} was removed"
+        except OSError as cleanup:
+            note = f"the unfinished backup {partial} could not be removed ({cleanup}); delete it"
+        ctx.log.warning("backup failed", note=note)
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+            return StepError(
+                f"disk full while writing the backup in {out} ({os.strerror(exc.errno or 0)}, "
+                f"after {human_bytes(written)}); {note}"
+            )
+        if isinstance(exc, StepError):
+            return StepError(f"{exc}; {note}", outputs=exc.outputs)
+        if isinstance(exc, (OSError, PyMongoError, DumpError)):
+            return StepError(f"backup failed: {ctx.redact(str(exc))}; {note}")
+        return exc
+
+    def preview(self, ctx: StepContext[MongoBackup.Params]) -> str:
+        params = ctx.params
+        lines: list[str] = []
+        if params.tool == "mongodump":
+            try:
+                find_tool(ctx, "mongodump")
+            except StepError as exc:
+                lines.append(f"WARNING: {exc}")
+        client, db = connect(params.uri)
+        try:
+            names = select_collections(db, params.collections)
+            sizes = collection_sizes(db, names)
+        finally:
+            client.close()
+        out = ctx.path(params.out)
+        probe, free = free_disk_bytes(out)
+        estimate = sum(size for _, size in sizes.values())
+        lines.append(
+            f"would dump {len(names)} collections of {db.name} "
+            f"({sum(c for c, _ in sizes.values())} documents, about {human_bytes(estimate)}) "
+            f"into {out}/backup-<timestamp>/ with tool {params.tool}, verify {params.verify}"
+            + (", gzip" if params.gzip else "")
+        )
+        lines += [
+            f"  {name}: {count} documents, {human_bytes(size)}" for name, (count, size) in sizes.items()
+        ]
+        lines.append(f"free disk at {probe}: {human_bytes(free)}")
+        if estimate > free:
+            lines.append(f"WARNING: free disk at {probe}: {human_bytes(free)} < data {human_bytes(estimate)}")
+        if params.keep and out.is_dir():
+            names_on_disk = sorted(p.name for p in out.iterdir() if BACKUP_NAME.match(p.name))
+            doomed = list(reversed(names_on_disk))[params.keep - 1 :]
+            if doomed:
+                lines.append(f"would prune {len(doomed)} older backups: {', '.join(sorted(doomed))}")
+        return "\n".join(lines)

@@ -1,0 +1,403 @@
+"""The ``mongo.restore`` step type: check a dump, then restore it, then verify it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+from bson import SON
+from bson.raw_bson import RawBSONDocument
+from pydantic import Field
+from pymongo.database import Database
+from pymongo.errors import OperationFailure, PyMongoError
+
+from migration.errors import Interrupted, StepError
+from migration.steps.base import Step, StepContext, StepParams
+from migration.steps.mongo.checksums import collection_digest
+from migration.steps.mongo.common import connect, database_name, server_info
+from migration.steps.mongo.dumpfmt import (
+    DumpedCollection,
+    DumpError,
+    DumpSource,
+    iter_documents,
+    locate_dump,
+    read_metadata,
+    scan_bson_file,
+)
+from migration.steps.mongo.tools import find_tool, run_tool
+from migration.steps.registry import register
+
+INSERT_BATCH_DOCS = 1000
+INSERT_BATCH_BYTES = 8_000_000
+# Index options FerretDB 1.x implements; others are dropped there, with a warning.
+FERRETDB_INDEX_OPTIONS = {"key", "name", "unique", "sparse"}
+# FerretDB: 238 NotImplemented; 27 is what it answers for text/hashed/2dsphere keys.
+FERRETDB_UNSUPPORTED_CODES = {238, 27, 115}
+
+
+def select(source: DumpSource, wanted: list[str] | None) -> list[DumpedCollection]:
+    """The dump's collections to restore (all, or the named subset), sorted by name."""
+    if wanted is None:
+        return [source.collections[name] for name in sorted(source.collections)]
+    missing = [name for name in wanted if name not in source.collections]
+    if missing:
+        raise DumpError(f"collections not in the dump: {', '.join(missing)}")
+    return [source.collections[name] for name in sorted(set(wanted))]
+
+
+def check_files(
+    source: DumpSource,
+    chosen: list[DumpedCollection],
+    advance: Callable[[int], None] = lambda n: None,
+) -> dict[str, int]:
+    """Read every chosen file whole: framing, counts and SHA-256 against the manifest.
+
+    Returns counts from the files; raises DumpError listing what is off. Plain
+    mongodump folders have nothing to compare with: their files are only read.
+    """
+    problems: list[str] = []
+    counts: dict[str, int] = {}
+    for dumped in chosen:
+        if not dumped.bson.is_file():
+            problems.append(f"{dumped.bson.name} is missing")
+            continue
+        if dumped.metadata is not None:
+            if not dumped.metadata.is_file():
+                problems.append(f"{dumped.metadata.name} is missing")
+            else:
+                try:
+                    read_metadata(dumped.metadata)
+                except DumpError as exc:
+                    problems.append(str(exc))
+        try:
+            scan = scan_bson_file(dumped.bson)
+        except (DumpError, OSError) as exc:
+            problems.append(str(exc))
+            continue
+        counts[dumped.name] = scan.count
+        advance(scan.count)
+        if dumped.count is not None and scan.count != dumped.count:
+            problems.append(
+                f"{dumped.bson.name} holds {scan.count} documents, the manifest says {dumped.count}"
+            )
+        elif dumped.sha256 is not None and scan.sha256 != dumped.sha256:
+            problems.append(f"{dumped.bson.name} does not match its checksum in the manifest")
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise DumpError("; ".join(problems[:3]) + more)
+    return counts
+
+
+def _index_specs(
+    metadata: dict[str, Any], ferretdb: bool, warn: Callable[[str], None], collection: str
+) -> list[dict[str, Any]]:
+    specs = []
+    for index in metadata.get("indexes", []):
+        if index.get("name") == "_id_":
+            continue
+        spec = {k: v for k, v in index.items() if k not in ("v", "ns", "background")}
+        if ferretdb:
+            dropped = sorted(set(spec) - FERRETDB_INDEX_OPTIONS)
+            if dropped:
+                warn(
+                    f"index {collection}.{spec.get('name')}: FerretDB does not support "
+                    f"{', '.join(dropped)}; created without"
+                )
+                spec = {k: v for k, v in spec.items() if k in FERRETDB_INDEX_OPTIONS}
+        specs.append(spec)
+    return specs
+
+
+def create_indexes(
+    db: Database[Any],
+    name: str,
+    metadata: dict[str, Any],
+    ferretdb: bool,
+    warn: Callable[[str], None],
+) -> list[str]:
+    """Recreate the indexes recorded in a metadata file (not ``_id_``); return their names."""
+    created = []
+    for spec in _index_specs(metadata, ferretdb, warn, name):
+        try:
+            db.command(SON([("createIndexes", name), ("indexes", [spec])]))
+        except OperationFailure as exc:
+            if ferretdb and exc.code in FERRETDB_UNSUPPORTED_CODES:
+                warn(f"index {name}.{spec.get('name')} not created: FerretDB cannot ({exc.code})")
+                continue
+            raise
+        created.append(str(spec.get("name")))
+    return created
+
+
+def _create_collection(
+    db: Database[Any], name: str, options: dict[str, Any], warn: Callable[[str], None]
+) -> None:
+    if name in db.list_collection_names(filter={"name": name}):
+        return
+    try:
+        db.create_collection(name, **options)
+    except OperationFailure as exc:
+        if not options:
+            raise
+        warn(f"collection {name}: options {sorted(options)} refused ({exc.code}); created plain")
+        db.create_collection(name)
+
+
+def restore_native(
+    db: Database[Any],
+    dumped: DumpedCollection,
+    ferretdb: bool,
+    warn: Callable[[str], None],
+    advance: Callable[[int], None],
+    check_stop: Callable[[], None],
+) -> tuple[int, list[str]]:
+    """Insert a collection's raw documents in batches, then its indexes.
+
+    The collection must be absent or empty. Returns (documents inserted, indexes made).
+    """
+    metadata = read_metadata(dumped.metadata) if dumped.metadata else {}
+    options = metadata.get("options") or {}
+    _create_collection(db, dumped.name, dict(options), warn)
+    collection = db[dumped.name]
+    inserted = 0
+    batch: list[RawBSONDocument] = []
+    batch_bytes = 0
+
+    def flush() -> None:
+        nonlocal inserted, batch, batch_bytes
+        if batch:
+            collection.insert_many(batch, ordered=True)
+            inserted += len(batch)
+            advance(len(batch))
+            batch = []
+            batch_bytes = 0
+            check_stop()
+
+    for document in iter_documents(dumped.bson):
+        batch.append(RawBSONDocument(document))
+        batch_bytes += len(document)
+        if len(batch) >= INSERT_BATCH_DOCS or batch_bytes >= INSERT_BATCH_BYTES:
+            flush()
+    flush()
+    return inserted, create_indexes(db, dumped.name, metadata, ferretdb, warn)
+
+
+def verify_restored(
+    db: Database[Any], chosen: list[DumpedCollection], file_counts: dict[str, int]
+) -> tuple[str, dict[str, int], list[str]]:
+    """Compare restored collections with the dump: counts always, checksums when known.
+
+    Returns (``counts+checksums`` or ``counts``, counts found, problems).
+    """
+    problems: list[str] = []
+    found: dict[str, int] = {}
+    with_checksums = all(d.checksum is not None for d in chosen)
+    for dumped in chosen:
+        count, checksum = collection_digest(db, dumped.name)
+        found[dumped.name] = count
+        expected = dumped.count if dumped.count is not None else file_counts[dumped.name]
+        if count != expected:
+            problems.append(f"{dumped.name} has {count} documents, the dump {expected}")
+        elif dumped.checksum is not None and checksum != dumped.checksum:
+            problems.append(f"{dumped.name} differs from the backup (checksum mismatch)")
+    return ("counts+checksums" if with_checksums else "counts"), found, problems
+
+
+@register
+class MongoRestore(Step["MongoRestore.Params"]):
+    """Restore a backup: check it whole first, then replace only its collections.
+
+    ``from`` is the folder ``mongo.backup`` outputs as ``path`` (holding
+    ``backup-manifest.json``), its ``mongodb-dump`` subfolder, or a plain mongodump
+    output folder (then counts come from the files, and there are no checksums).
+    Before touching the database every file is read whole and compared with the
+    manifest (counts, SHA-256); a missing or corrupt manifest, a truncated file or a
+    dump of another database is refused with nothing changed. Without ``drop`` a
+    collection that already holds documents is refused; with ``drop`` the dump's
+    collections are replaced and all others are left alone (listed in
+    ``left_alone``). Documents are inserted as raw BSON in batches, indexes rebuilt
+    from the metadata, then every restored collection is compared with the manifest
+    (counts, and checksums over the documents in ``_id`` order).
+
+    Outputs: ``restored`` (collection name -> documents), ``total``, ``verified``
+    (``counts+checksums``, or ``counts`` for a dump without manifest), ``dropped``,
+    ``left_alone``, ``indexes`` (name -> index names made), ``warnings``.
+
+    Example:
+        ```yaml
+        rollback:
+          - id: restore
+            uses: mongo.restore
+            with:
+              uri: "{{ vars.db }}"
+              from: "{{ steps.backup.outputs.path }}"
+              drop: true
+        ```
+    """
+
+    name = "mongo.restore"
+
+    class Params(StepParams):
+        uri: str = Field(description="connection string naming the database to restore into")
+        from_: str = Field(alias="from", description="backup folder (or mongodump folder)")
+        drop: bool = Field(default=False, description="replace the dump's collections")
+        tool: Literal["native", "mongorestore"] = "native"
+        collections: list[str] | None = Field(default=None, description="restore only these")
+        allow_other_database: bool = Field(
+            default=False, description="restore a dump taken of a database with another name"
+        )
+
+    def _prepare(
+        self, ctx: StepContext[MongoRestore.Params]
+    ) -> tuple[DumpSource, list[DumpedCollection], dict[str, int]]:
+        params = ctx.params
+        target = database_name(params.uri)
+        folder = ctx.path(params.from_)
+        try:
+            source = locate_dump(folder, target)
+            chosen = select(source, params.collections)
+            if source.database != target and not params.allow_other_database:
+                raise DumpError(
+                    f"the dump is of database {source.database}, the URI names {target} "
+                    "(set allow_other_database: true to restore it there)"
+                )
+            total = sum(d.count or 0 for d in chosen)
+            with ctx.progress_bar("checking dump", total or None) as bar:
+                file_counts = check_files(source, chosen, bar.advance)
+        except DumpError as exc:
+            raise StepError(f"refusing to restore from {folder}: {exc}; nothing was changed") from exc
+        return source, chosen, file_counts
+
+    def run(self, ctx: StepContext[MongoRestore.Params]) -> dict[str, Any]:
+        params = ctx.params
+        tool = find_tool(ctx, "mongorestore") if params.tool == "mongorestore" else ""
+        source, chosen, file_counts = self._prepare(ctx)
+        warnings = list(source.warnings)
+        for line in warnings:
+            ctx.log.warning("dump", note=line)
+
+        def warn(message: str) -> None:
+            warnings.append(message)
+            ctx.log.warning("restore", note=message)
+
+        client, db = connect(params.uri)
+        try:
+            ferretdb = bool(server_info(client)["ferretdb"])
+            names = {d.name for d in chosen}
+            existing = set(db.list_collection_names())
+            left_alone = sorted(n for n in existing - names if not n.startswith("system."))
+            # An earlier attempt of this step may have been interrupted half-way.
+            resumed = ctx.resume if ctx.resume.get("source") == str(source.folder) else {}
+            ours = set(resumed.get("done", [])) | {resumed.get("current")}
+            if not params.drop:
+                busy = [
+                    f"{n} ({db[n].estimated_document_count()} documents)"
+                    for n in sorted(names & existing - ours)
+                    if db[n].find_one({}, projection={"_id": 1}) is not None
+                ]
+                if busy:
+                    raise StepError(
+                        f"refusing to restore: {', '.join(busy)} already hold data; "
+                        "set drop: true to replace them; nothing was changed"
+                    )
+            if left_alone:
+                ctx.log.info("restore", left_alone=left_alone)
+            restored: dict[str, int] = {}
+            indexes: dict[str, list[str]] = {}
+            dropped: list[str] = []
+            current = ""
+            try:
+                with ctx.progress_bar("restoring", sum(file_counts.values()) or None) as bar:
+                    for dumped in chosen:
+                        ctx.check_stop()
+                        current = dumped.name
+                        ctx.progress(source=str(source.folder), done=sorted(restored), current=current)
+                        if (params.drop or dumped.name in ours) and dumped.name in existing:
+                            db.drop_collection(dumped.name)
+                            dropped.append(dumped.name)
+                        if params.tool == "mongorestore":
+                            argv = [tool, f"--uri={params.uri}", f"--collection={dumped.name}"]
+                            argv += ["--gzip"] if dumped.bson.name.endswith(".gz") else []
+                            run_tool(ctx, [*argv, str(dumped.bson)], f"mongorestore {dumped.name}")
+                            restored[dumped.name] = file_counts[dumped.name]
+                            bar.advance(file_counts[dumped.name])
+                        else:
+                            count, made = restore_native(
+                                db, dumped, ferretdb, warn, bar.advance, ctx.check_stop
+                            )
+                            restored[dumped.name] = count
+                            indexes[dumped.name] = made
+                        ctx.log.info("restored", collection=dumped.name, documents=restored[dumped.name])
+                current = ""
+            except (PyMongoError, OSError, DumpError, StepError) as exc:
+                raise self._half_done(ctx, exc, restored, current, chosen) from exc
+            except Interrupted as exc:
+                half_done = self._half_done(ctx, exc, restored, current, chosen)
+                ctx.log.warning("restore interrupted", state=str(half_done))
+                raise
+            ctx.progress(source=str(source.folder), done=sorted(restored), current="")
+            with ctx.progress_bar("verifying", len(chosen)):
+                verified, found, problems = verify_restored(db, chosen, file_counts)
+            outputs: dict[str, Any] = {
+                "restored": found,
+                "total": sum(found.values()),
+                "verified": verified,
+                "dropped": dropped,
+                "left_alone": left_alone,
+                "indexes": indexes,
+                "database": db.name,
+                "warnings": warnings,
+            }
+            if problems:
+                outputs["verified"] = "failed"
+                raise StepError(
+                    "restored data does not match the backup: " + "; ".join(problems[:3]),
+                    outputs=outputs,
+                )
+            return outputs
+        finally:
+            client.close()
+
+    @staticmethod
+    def _half_done(
+        ctx: StepContext[Any],
+        exc: Exception,
+        restored: dict[str, int],
+        current: str,
+        chosen: list[DumpedCollection],
+    ) -> StepError:
+        todo = [d.name for d in chosen if d.name not in restored and d.name != current]
+        parts = [f"restore failed at collection {current}: {ctx.redact(str(exc))}"]
+        parts.append(f"restored: {', '.join(restored) or 'none'}")
+        parts.append(f"{current} is half-restored")
+        if todo:
+            parts.append(f"not restored yet: {', '.join(todo)}")
+        parts.append("run the restore again with drop: true")
+        return StepError("; ".join(parts), outputs={"restored": restored, "verified": "none"})
+
+    def preview(self, ctx: StepContext[MongoRestore.Params]) -> str:
+        params = ctx.params
+        folder = ctx.path(params.from_)
+        if not folder.exists():
+            return f"would restore from {folder} (not there yet) into {database_name(params.uri)}"
+        try:
+            source, chosen, file_counts = self._prepare(ctx)
+        except StepError as exc:
+            return f"would REFUSE: {exc}"
+        lines = [f"dump {source.folder} checked: {len(chosen)} collections, files intact"]
+        lines += [f"warning: {w}" for w in source.warnings]
+        client, db = connect(params.uri)
+        try:
+            existing = set(db.list_collection_names())
+            for dumped in chosen:
+                action = "drop and restore" if params.drop and dumped.name in existing else "restore"
+                holds_data = db[dumped.name].find_one({}, projection={"_id": 1}) is not None
+                if not params.drop and dumped.name in existing and holds_data:
+                    action = "REFUSE (holds data; drop is false)"
+                lines.append(f"  {dumped.name}: {action} {file_counts[dumped.name]} documents")
+            alone = sorted(existing - {d.name for d in chosen})
+            if alone:
+                lines.append(f"left alone: {', '.join(alone)}")
+        finally:
+            client.close()
+        return "\n".join(lines)

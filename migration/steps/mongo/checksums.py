@@ -1,0 +1,63 @@
+"""Checksums of collections and of BSON streams, comparable with each other.
+
+The checksum of a collection is the SHA-256 of the raw BSON of its documents,
+concatenated in ``_id`` order: exactly the bytes ``mongo.backup`` writes to
+``<collection>.bson``. So the manifest's checksum of a file, the checksum of the
+live collection at backup time and the checksum after a restore are one figure.
+Documents are never decoded: the server's bytes are hashed as they arrive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from typing import Any
+
+from pymongo.database import Database
+
+# Raw batches are concatenated documents; a larger batch means fewer round trips.
+READ_BATCH_DOCS = 1000
+
+
+def count_in_buffer(buffer: bytes | memoryview) -> int:
+    """Number of BSON documents in a buffer of concatenated documents.
+
+    Raises ValueError if the buffer does not end exactly at a document boundary.
+    """
+    view = memoryview(buffer)
+    position = 0
+    count = 0
+    end = len(view)
+    while position < end:
+        if end - position < 5:
+            raise ValueError(f"{end - position} stray bytes after document {count}")
+        length = int.from_bytes(view[position : position + 4], "little")
+        if length < 5 or position + length > end:
+            raise ValueError(f"document {count} claims {length} bytes, {end - position} left")
+        position += length
+        count += 1
+    return count
+
+
+def raw_batches(db: Database[Any], name: str) -> Iterator[bytes]:
+    """The collection's documents as raw BSON batches, in ``_id`` order."""
+    cursor = db[name].find_raw_batches(sort=[("_id", 1)], batch_size=READ_BATCH_DOCS)
+    try:
+        yield from cursor
+    finally:
+        cursor.close()
+
+
+def collection_digest(db: Database[Any], name: str) -> tuple[int, str]:
+    """(document count, checksum) of a collection, from one pass in ``_id`` order."""
+    hasher = hashlib.sha256()
+    count = 0
+    for batch in raw_batches(db, name):
+        hasher.update(batch)
+        count += count_in_buffer(batch)
+    return count, hasher.hexdigest()
+
+
+def collection_checksum(db: Database[Any], name: str) -> str:
+    """SHA-256 (hex) over the raw BSON of the collection's documents in ``_id`` order."""
+    return collection_digest(db, name)[1]

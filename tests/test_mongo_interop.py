@@ -1,0 +1,238 @@
+"""Our dumps and mongodump's are interchangeable.
+
+Two halves. The format half always runs: it pins our output to mongodump's
+documented directory layout (file naming and escaping, ``--gzip`` naming, the
+``.metadata.json`` document in canonical extended JSON, plain concatenated BSON)
+and restores a folder shaped as mongodump writes it (natural order, ``ns`` in
+index specs, escaped names). The tools half runs the real mongodump/mongorestore,
+from PATH or built by ``scripts/mongotools.py``; it skips, saying why, only when
+neither is possible (the Go module proxy here refuses github.com/mongodb/mongo-tools).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import bson
+import pytest
+from bson import SON, json_util
+
+from migration.steps.base import StepContext
+from migration.steps.mongo.backup import MongoBackup
+from migration.steps.mongo.checksums import collection_checksum
+from migration.steps.mongo.common import server_info
+from migration.steps.mongo.dumpfmt import bson_file_name, file_stem
+from migration.steps.mongo.restore import MongoRestore
+
+pytestmark = pytest.mark.mongo
+
+PROJECT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT / "scripts"))
+
+import mongotools  # noqa: E402
+
+# Collection name -> file stem, as Go's url.PathEscape (mongodump) writes it.
+ESCAPED = {
+    "with space": "with%20space",
+    "odd:name@x+y=z": "odd:name@x+y=z",
+    "ünï": "%C3%BCn%C3%AF",
+    "a/b": "a%2Fb",
+    "per%cent": "per%25cent",
+    "dots.in.name": "dots.in.name",
+}
+
+
+def backup(url: str, tmp_path: Path, **params: Any) -> dict[str, Any]:
+    ctx = StepContext(
+        step_id="backup", params=MongoBackup.Params(uri=url, out="backups", **params), workdir=tmp_path
+    )
+    return MongoBackup().run(ctx)
+
+
+def restore(url: str, source: Path, tmp_path: Path, **params: Any) -> dict[str, Any]:
+    model = MongoRestore.Params.model_validate({"uri": url, "from": str(source), **params})
+    return MongoRestore().run(StepContext(step_id="restore", params=model, workdir=tmp_path))
+
+
+def checksums(db: Any) -> dict[str, str]:
+    return {name: collection_checksum(db, name) for name in sorted(db.list_collection_names())}
+
+
+@pytest.fixture
+def odd_names(mongo_db: Any) -> Any:
+    for i, name in enumerate(ESCAPED):
+        mongo_db[name].insert_many([{"_id": j, "i": i, "text": f"{name} {j}"} for j in range(5)])
+    mongo_db["with space"].create_index([("i", 1), ("text", -1)], name="i_text")
+    return mongo_db
+
+
+def test_file_names_are_escaped_as_mongodump_escapes_them() -> None:
+    for name, stem in ESCAPED.items():
+        assert file_stem(name) == stem
+    assert bson_file_name("a/b", gzipped=True) == "a%2Fb.bson.gz"
+    long_stem = file_stem("x" * 300)
+    assert len(long_stem) == 208 + 3 + 27 and long_stem[208:211] == "%24"
+
+
+def test_dump_matches_the_documented_mongodump_layout(mongo_url: str, odd_names: Any, tmp_path: Path) -> None:
+    outputs = backup(mongo_url, tmp_path)
+
+    dump_root = Path(outputs["path"]) / "mongodb-dump"
+    assert [p.name for p in dump_root.iterdir()] == [odd_names.name], "only database folders"
+    db_dir = dump_root / odd_names.name
+    expected = {f"{stem}.bson" for stem in ESCAPED.values()}
+    expected |= {f"{stem}.metadata.json" for stem in ESCAPED.values()}
+    assert {p.name for p in db_dir.iterdir()} == expected
+    for name, stem in ESCAPED.items():
+        with open(db_dir / f"{stem}.bson", "rb") as handle:
+            documents = list(bson.decode_file_iter(handle))
+        assert documents == list(odd_names[name].find().sort("_id", 1))
+        text = (db_dir / f"{stem}.metadata.json").read_text()
+        raw = json.loads(text)
+        assert list(raw) == ["options", "indexes", "uuid", "collectionName", "type"]
+        assert raw["collectionName"] == name and raw["type"] == "collection"
+        assert raw["options"] == {}
+        assert len(raw["uuid"]) == 32 and int(raw["uuid"], 16) >= 0
+        assert raw["indexes"][0] == {
+            "v": {"$numberInt": "2"},
+            "key": {"_id": {"$numberInt": "1"}},
+            "name": "_id_",
+        }
+    spaced = json_util.loads((db_dir / "with%20space.metadata.json").read_text())
+    assert [dict(i["key"]) for i in spaced["indexes"]][1] == {"i": 1, "text": -1}
+
+
+def test_gzip_dump_uses_mongodump_gzip_names_and_plain_gzip(
+    mongo_url: str, odd_names: Any, tmp_path: Path
+) -> None:
+    outputs = backup(mongo_url, tmp_path, gzip=True)
+    db_dir = Path(outputs["path"]) / "mongodb-dump" / odd_names.name
+    assert sorted(p.name for p in db_dir.iterdir() if "space" in p.name) == [
+        "with%20space.bson.gz",
+        "with%20space.metadata.json.gz",
+    ]
+    content = gzip.decompress((db_dir / "with%20space.bson.gz").read_bytes())
+    assert len(bson.decode_all(content)) == 5
+    metadata = json.loads(gzip.decompress((db_dir / "with%20space.metadata.json.gz").read_bytes()))
+    assert metadata["collectionName"] == "with space"
+
+
+def write_mongodump_style(folder: Path, database: str, collections: dict[str, list[dict[str, Any]]]) -> None:
+    """A dump as mongodump writes it: <out>/<db>/<escaped>.bson in natural order, metadata
+    with ``ns`` in index specs (older servers), no manifest, a ``prelude``-less folder."""
+    db_dir = folder / database
+    db_dir.mkdir(parents=True)
+    for name, documents in collections.items():
+        stem = file_stem(name)
+        (db_dir / f"{stem}.bson").write_bytes(b"".join(bson.encode(d) for d in documents))
+        indexes = [
+            SON([("v", 2), ("key", SON([("_id", 1)])), ("name", "_id_"), ("ns", f"{database}.{name}")]),
+            SON([("v", 2), ("key", SON([("code", 1)])), ("name", "code_1"), ("unique", True)]),
+            SON([("v", 2), ("key", SON([("at", 1)])), ("name", "at_ttl"), ("expireAfterSeconds", 3600)]),
+            SON([("v", 2), ("key", SON([("_fts", "text"), ("_ftsx", 1)])), ("name", "code_text")]),
+        ]
+        metadata = SON([("indexes", indexes), ("uuid", "0" * 32), ("collectionName", name)])
+        text = json_util.dumps(metadata, json_options=json_util.CANONICAL_JSON_OPTIONS)
+        (db_dir / f"{stem}.metadata.json").write_text(text)
+
+
+def test_restores_a_folder_shaped_as_mongodump_writes_it(
+    mongo_url: str, mongo_db: Any, tmp_path: Path
+) -> None:
+    natural: list[dict[str, Any]] = [
+        {"_id": 3, "code": "c"},
+        {"_id": 1, "code": "a"},
+        {"_id": 2, "code": "b"},
+    ]
+    write_mongodump_style(tmp_path / "dump", mongo_db.name, {"with space": natural, "Plain": natural[:1]})
+
+    outputs = restore(mongo_url, tmp_path / "dump", tmp_path, drop=True)
+
+    assert outputs["restored"] == {"Plain": 1, "with space": 3}
+    assert outputs["verified"] == "counts"
+    assert list(mongo_db["with space"].find().sort("_id", 1)) == sorted(natural, key=lambda d: d["_id"])
+    indexes = {i["name"]: i for i in mongo_db["with space"].list_indexes()}
+    assert indexes["code_1"]["unique"] is True
+    if server_info(mongo_db.client)["ferretdb"]:
+        # FerretDB 1.x has no TTL or text indexes: the TTL index is made without the
+        # option, the text index is skipped, each with a warning.
+        assert set(indexes) == {"_id_", "code_1", "at_ttl"}
+        assert "expireAfterSeconds" not in indexes["at_ttl"]
+        warnings = " | ".join(outputs["warnings"])
+        assert "index with space.at_ttl: FerretDB does not support expireAfterSeconds" in warnings
+        assert "index with space.code_text not created: FerretDB cannot" in warnings
+    else:
+        assert set(indexes) == {"_id_", "code_1", "at_ttl", "code_text"}
+        assert indexes["at_ttl"]["expireAfterSeconds"] == 3600
+
+
+# --- the real tools ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def mongo_tools() -> Path:
+    try:
+        return mongotools.install()
+    except mongotools.ToolsUnavailable as exc:
+        pytest.skip(f"mongodump/mongorestore unavailable (scripts/mongotools.py): {exc}")
+
+
+def run_tool(tool: Path, *args: str) -> None:
+    done = subprocess.run([str(tool), *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_our_dump_restores_with_mongorestore(
+    mongo_tools: Path, mongo_server: Any, mongo_url: str, odd_names: Any, tmp_path: Path
+) -> None:
+    before = checksums(odd_names)
+    outputs = backup(mongo_url, tmp_path)
+    for name in ESCAPED:
+        odd_names[name].delete_many({})
+
+    # The runbook's rollback: mongorestore --drop <backup>/mongodb-dump (URI names the database).
+    dump_db = Path(outputs["path"]) / "mongodb-dump" / odd_names.name
+    run_tool(mongo_tools / "mongorestore", f"--uri={mongo_url}", "--drop", str(dump_db))
+
+    assert checksums(odd_names) == before
+
+
+def test_mongodump_output_restores_with_ours(
+    mongo_tools: Path, mongo_url: str, odd_names: Any, tmp_path: Path
+) -> None:
+    before = {name: odd_names[name].count_documents({}) for name in ESCAPED}
+    run_tool(mongo_tools / "mongodump", f"--uri={mongo_url}", f"--out={tmp_path / 'dump'}")
+    for name in ESCAPED:
+        odd_names[name].insert_one({"_id": "extra"})
+
+    outputs = restore(mongo_url, tmp_path / "dump", tmp_path, drop=True)
+
+    assert outputs["restored"] == before
+    assert any("no checksums" in w for w in outputs["warnings"])
+
+
+def test_tool_modes_round_trip(mongo_tools: Path, mongo_url: str, odd_names: Any, tmp_path: Path) -> None:
+    before = checksums(odd_names)
+    env_path = f"{mongo_tools}:{Path(sys.executable).parent}"
+    ctx = StepContext(
+        step_id="backup",
+        params=MongoBackup.Params(uri=mongo_url, out="backups", tool="mongodump", verify="checksums"),
+        workdir=tmp_path,
+        env={"PATH": env_path},
+    )
+    outputs = MongoBackup().run(ctx)
+    for name in ESCAPED:
+        odd_names[name].delete_many({})
+    model = MongoRestore.Params.model_validate(
+        {"uri": mongo_url, "from": outputs["path"], "drop": True, "tool": "mongorestore"}
+    )
+    restored = MongoRestore().run(
+        StepContext(step_id="restore", params=model, workdir=tmp_path, env={"PATH": env_path})
+    )
+    assert restored["verified"] == "counts+checksums"
+    assert checksums(odd_names) == before
