@@ -16,7 +16,11 @@ from typing import Any
 MASK = "***"
 SECRET_NAME = re.compile(r"PASSWORD|PASSWD|TOKEN|SECRET|KEY", re.IGNORECASE)
 # user:password@ inside any scheme://... URL; the password may not contain '@' or '/'.
-_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@/\s]+)(?=@)")
+# The lookbehind anchors a match at the start of a scheme; without it a long run of
+# letters (base64, minified JS in captured output) costs quadratic time.
+_URL_PASSWORD = re.compile(
+    r"(?<![a-zA-Z0-9+.-])(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@/\s]+)(?=@)"
+)
 _AUTH_HEADER = re.compile(r"(?i)(authorization\s*[:=]\s*)(\S+(?:\s+\S+)?)")
 
 
