@@ -130,6 +130,7 @@ def markdown(state: dict[str, Any]) -> str:
             err = f" ({r['error']})" if r.get("error") else ""
             add(f"  - [{mark}] `{r['that']}`{extra}{err}")
     add("")
+    _domain_sections(state, add)
     add("## Outputs")
     add("")
     for phase in state.get("phases", []):
@@ -155,6 +156,61 @@ def markdown(state: dict[str, Any]) -> str:
             add(f"- {st['id']} ({st.get('uses')}): {st['status']}" + (f" - {why}" if why else ""))
         add("")
     return "\n".join(lines) + "\n"
+
+
+def _steps_using(state: dict[str, Any], uses: str) -> list[dict[str, Any]]:
+    return [
+        st
+        for phase in state.get("phases", [])
+        for st in phase.get("steps", [])
+        if st.get("uses") == uses and st.get("outputs")
+    ]
+
+
+def _domain_sections(state: dict[str, Any], add: Any) -> None:
+    """What an operator reads first: transform counters and validation results."""
+    for st in _steps_using(state, "mongo.transform"):
+        out = st["outputs"]
+        add(f"## Transform: {st['id']}")
+        add("")
+        add("| total | migrated | skipped | invalid | errors | conflicts |")
+        add("|---|---|---|---|---|---|")
+        add(
+            " | ".join(
+                [
+                    "",
+                    *(
+                        str(out.get(k, "-"))
+                        for k in ("total", "migrated", "skipped", "invalid", "errors", "conflicts")
+                    ),
+                    "",
+                ]
+            ).strip()
+        )
+        if out.get("log"):
+            add("")
+            add(f"Per-record log: `{out['log']}`")
+        add("")
+    for st in _steps_using(state, "mongo.validate"):
+        out = st["outputs"]
+        add(f"## Validation: {st['id']} ({out.get('passed', 0)} passed, {out.get('failed', 0)} failed)")
+        add("")
+        for check in out.get("checks") or []:
+            mark = "pass" if check.get("passed") else "FAIL"
+            details = check.get("details") or {}
+            summary = details.get("summary") if isinstance(details, dict) else None
+            add(
+                f"- [{mark}] **{check.get('name')}** ({check.get('type')})"
+                + (f": {summary}" if summary else "")
+            )
+            counts = details.get("counts") if isinstance(details, dict) else None
+            if check.get("type") == "distribution" and isinstance(counts, dict):
+                for group, count in counts.items():
+                    add(f"  - {group}: {count}")
+        if out.get("report"):
+            add("")
+            add(f"Validation report: `{out['report']}`")
+        add("")
 
 
 def html_report(state: dict[str, Any]) -> str:

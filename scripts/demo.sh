@@ -50,7 +50,7 @@ PY
 cat >"$demo/.env" <<ENV
 DATABASE_URL=$database_url
 VNP_APP_URL=http://127.0.0.1:$app_port
-VNP_APP_STOP=kill \$(cat app.pid) && rm -f app.pid
+VNP_APP_STOP=pid=\$(cat app.pid) && kill \$pid && while kill -0 \$pid 2>/dev/null; do sleep 0.1; done && rm -f app.pid
 VNP_APP_TEST_START=$app_cmd
 VNP_APP_RESTART=nohup $app_cmd >>app.log 2>&1 & echo \$! >app.pid
 VNP_REQUIRED_COMMANDS=python3 kill
@@ -58,6 +58,7 @@ VNP_SCHEMA_PUSH=echo "(demo) prisma db push: your database is now in sync with y
 VNP_CLIENT_GENERATE=echo "(demo) prisma generate"
 VNP_APP_BUILD=echo "(demo) yarn build"
 VNP_CHECKOUT_MAIN=echo "(demo) git checkout main"
+VNP_MONITOR_SECONDS=10
 VNP_NOTIFY_COMMAND=echo "(demo) notify the team: \$MIGRATION_NOTIFY_TEXT"
 ENV
 

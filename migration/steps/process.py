@@ -152,6 +152,18 @@ class ProcessStart(Step["ProcessStart.Params"]):
         log_path = ctx.path(p.log) if p.log else default_log_path(ctx)
         shown = ctx.redact(command_text(p.command))
         argv = build_argv(p.command, p.shell)
+        if p.ready_url:
+            # Something already answering would make "ready" a lie (an old
+            # instance still shutting down, another service on the port).
+            try:
+                answer = fetch(p.ready_url, timeout=2.0)
+            except RequestFailed:
+                pass
+            else:
+                raise StepError(
+                    f"{ctx.redact(p.ready_url)} already answers (status {answer.status}) before the "
+                    "process is started: stop whatever serves it first"
+                )
         try:
             log_path.parent.mkdir(parents=True, exist_ok=True)
             log_file = log_path.open("ab")
