@@ -272,4 +272,4 @@ def report_command(plan: str, fmt: str, run_id: str | None, state_dir: Path | No
 
 
 if __name__ == "__main__":
-    main()
+    main(prog_name="migration")

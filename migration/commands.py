@@ -86,6 +86,8 @@ def _prepare(
     redact = redactor()
     redact.add_env(env)
     redact.learn(overrides)
+    # A variable named like a secret (--var db_password=...) is one, as in the environment.
+    redact.add_env({k: v for k, v in overrides.items() if isinstance(v, str)})
     run_info = {
         "id": "<run-id>",
         "started_at": now_iso(),
@@ -96,6 +98,7 @@ def _prepare(
         return Prepared(loaded, env, {}, overrides, warnings)
     vars_ = render_vars(loaded, overrides, env, run_info)
     redact.learn(vars_)
+    redact.add_env({k: v for k, v in vars_.items() if isinstance(v, str)})
     return Prepared(loaded, env, vars_, overrides, warnings)
 
 
@@ -139,15 +142,8 @@ def run(request: RunRequest) -> dict[str, Any]:
     for w in prepared.warnings:
         log.warning(w)
     loaded = prepared.loaded
-    store = StateStore(request.state_dir, loaded.plan.name, redactor())
-    store.acquire()
+    store = _acquire(request.state_dir, loaded.plan.name)
     try:
-        previous = store.lock.previous_owner
-        if previous:
-            log.warning(
-                f"previous run, pid {previous.get('pid')} on host {previous.get('host')}, died; resuming",
-                lock=str(store.lock.path),
-            )
         current = store.load_current()
         state: dict[str, Any]
         if current is not None and current["status"] not in FINISHED:
@@ -187,9 +183,22 @@ def run(request: RunRequest) -> dict[str, Any]:
         runner = Runner(loaded, store, state, _options(request, prepared), redactor())
         with runner.signals():
             runner.execute()
-        return _outcome(runner.state, request.plan_path)
+        return _outcome(runner.state, request.plan_path, loaded.plan.on_failure)
     finally:
         store.release()
+
+
+def _acquire(state_dir: Path, plan_name: str) -> StateStore:
+    """Lock the plan; a lock left by a dead process is taken over, and we say so."""
+    store = StateStore(state_dir, plan_name, redactor())
+    store.acquire()
+    previous = store.lock.previous_owner
+    if previous:
+        log.warning(
+            f"previous run, pid {previous.get('pid')} on host {previous.get('host')}, died; resuming",
+            lock=str(store.lock.path),
+        )
+    return store
 
 
 def _options(request: RunRequest, prepared: Prepared) -> RunOptions:
@@ -203,7 +212,7 @@ def _options(request: RunRequest, prepared: Prepared) -> RunOptions:
     )
 
 
-def _outcome(state: dict[str, Any], plan_path: str) -> dict[str, Any]:
+def _outcome(state: dict[str, Any], plan_path: str, on_failure: str = "stop") -> dict[str, Any]:
     status = state["status"]
     error = (state.get("error") or {}).get("message", "")
     if status == "succeeded":
@@ -211,6 +220,11 @@ def _outcome(state: dict[str, Any], plan_path: str) -> dict[str, Any]:
     if status == "interrupted":
         raise Interrupted(f"interrupted; {_resume_message(state, plan_path)}")
     if status == "failed":
+        if on_failure == "rollback":
+            raise StepFailed(
+                f"{error}. Nothing was undone: the plan has no rollback for the phases that ran. Fix the "
+                f"cause and resume from the failed step with: migration run {plan_path}"
+            )
         raise StepFailed(
             f"{error}. The run stopped (on_failure: stop). Fix the cause and resume from the failed "
             f"step with: migration run {plan_path}; or undo with: migration rollback {plan_path}"
@@ -242,8 +256,7 @@ def rollback(request: RunRequest) -> dict[str, Any]:
         request.plan_path, request.var_pairs, request.env_file, request.workdir, strict_env=True
     )
     loaded = prepared.loaded
-    store = StateStore(request.state_dir, loaded.plan.name, redactor())
-    store.acquire()
+    store = _acquire(request.state_dir, loaded.plan.name)
     try:
         state = store.load_current()
         if state is None:
@@ -255,6 +268,12 @@ def rollback(request: RunRequest) -> dict[str, Any]:
             return state
         if state["status"] == "abandoned":
             raise UsageError(f"run {state['run_id']} was abandoned; nothing to roll back")
+        plan = loaded.plan
+        if isinstance(plan.rollback, list) and not plan.rollback and not any(p.rollback for p in plan.phases):
+            raise MigrationError(
+                f"plan {plan.name} defines no rollback (no rollback: and no phase rollbacks); "
+                "nothing can be undone automatically"
+            )
         if state["status"] == "rolling_back" or state.get("interrupted_from") == "rolling_back":
             pass
         elif state["status"] == "running":
@@ -275,10 +294,20 @@ def rollback(request: RunRequest) -> dict[str, Any]:
 def abandon(plan_path: str, state_dir: Path) -> dict[str, Any]:
     """Mark the unfinished latest run abandoned so a new run can start (nothing is undone)."""
     name = plan_name_of(plan_path)
-    store = StateStore(state_dir, name, redactor())
-    store.acquire()
+    store = _acquire(state_dir, name)
     try:
-        state = store.load_current()
+        run_id = store.current_run_id()
+        try:
+            state = store.load_current()
+        except StateError:
+            if run_id is None:
+                raise
+            # A missing or damaged state file: the operator decided to start over.
+            kept = store.set_aside(run_id)
+            return {
+                "run_id": run_id,
+                "abandoned_from": "damaged state" + (f", kept as {kept}" if kept else ", file missing"),
+            }
         if state is None or state["status"] in FINISHED:
             raise UsageError(f"plan {name} has no unfinished run to abandon")
         before = state["status"]
@@ -308,7 +337,7 @@ def plan_name_of(plan: str) -> str:
     return plan
 
 
-def _summary(state: dict[str, Any]) -> dict[str, Any]:
+def _summary(state: dict[str, Any], store: StateStore | None = None) -> dict[str, Any]:
     steps = [s for p in state.get("phases", []) for s in p.get("steps", [])]
     counts: dict[str, int] = {}
     for s in steps:
@@ -330,7 +359,12 @@ def _summary(state: dict[str, Any]) -> dict[str, Any]:
             {"id": p["id"], "status": p["status"], "checkpoint": (p.get("checkpoint") or {}).get("status")}
             for p in state.get("phases", [])
         ],
+        # A run recorded as in progress whose process is gone died (or was SIGKILLed).
+        "process_alive": store.lock.is_held() if store and state.get("status") in _LIVE else None,
     }
+
+
+_LIVE = frozenset({"pending", "running", "rolling_back"})
 
 
 def status(plan: str | None, state_dir: Path) -> list[dict[str, Any]]:
@@ -350,7 +384,7 @@ def status(plan: str | None, state_dir: Path) -> list[dict[str, Any]]:
             if plan:
                 raise UsageError(f"plan {name} has no runs in {state_dir}")
             continue
-        out.append(_summary(state))
+        out.append(_summary(state, store))
     return out
 
 
@@ -361,6 +395,8 @@ def format_status(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         steps = ", ".join(f"{n} {k}" for k, n in sorted(r["steps"].items()))
         lines.append(f"{r['plan_name']}: {r['status']} (run {r['run_id']}, started {r['started_at']})")
+        if r.get("process_alive") is False:
+            lines.append("  its process is gone (it died): `migration run` resumes it")
         lines.append(f"  steps: {steps}")
         if r["current_step"]:
             lines.append(f"  at step: {r['current_step']}")
@@ -376,6 +412,10 @@ def format_status(rows: list[dict[str, Any]]) -> str:
 def make_report(plan: str, fmt: str, run_id: str | None, state_dir: Path) -> str:
     name = plan_name_of(plan)
     store = StateStore(state_dir, name)
+    runs = store.list_runs()
+    if run_id and run_id not in runs:
+        known = ", ".join(runs) or "none"
+        raise UsageError(f"plan {name} has no run {run_id} in {state_dir} (runs: {known})")
     state = store.load(run_id) if run_id else store.load_current()
     if state is None:
         raise UsageError(f"plan {name} has no runs in {state_dir}")

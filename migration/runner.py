@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import sys
 import time
@@ -37,6 +38,44 @@ log = structlog.get_logger("migration")
 
 # What a skipped rollback step "had nothing to" do, by step type.
 _NOTHING_TO = {"mongo.restore": "restore", "process.stop": "stop", "shell": "run"}
+# Set in the environment of every process a step starts: "<run-id>/<step-id>". After a
+# crash (SIGKILL, power loss of the terminal...) it finds what the dead attempt left running.
+STEP_MARK = "MIGRATION_STEP"
+LEFTOVER_GRACE_SECONDS = 5.0
+
+
+def leftover_processes(mark: str) -> list[int]:
+    """Live processes started by an earlier attempt of a step (their environment carries ``mark``)."""
+    wanted = f"{STEP_MARK}={mark}".encode()
+    found: list[int] = []
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return found
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if wanted in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:  # gone, a zombie, or not ours
+            continue
+    return found
+
+
+def stop_leftovers(mark: str) -> list[int]:
+    """SIGTERM what an earlier attempt left running, SIGKILL it after a grace period."""
+    pids = leftover_processes(mark)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + LEFTOVER_GRACE_SECONDS
+        while pids and time.monotonic() < deadline:
+            time.sleep(0.05)
+            pids = [pid for pid in pids if pid in leftover_processes(mark)]
+        if not pids:
+            break
+    return pids
 
 
 class StepTimeout(MigrationError):
@@ -276,8 +315,10 @@ class Runner:
     def _debug_log(self, exc: BaseException) -> str:
         path = self.store.debug_log_path()
         text = "".join(traceback.format_exception(exc))
-        with contextlib.suppress(OSError), open(path, "a", encoding="utf-8") as fh:
-            fh.write(f"--- {now_iso()} run {self.state['run_id']}\n{self.redact.text(text)}\n")
+        with contextlib.suppress(OSError):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            with os.fdopen(fd, "a", encoding="utf-8") as fh:
+                fh.write(f"--- {now_iso()} run {self.state['run_id']}\n{self.redact.text(text)}\n")
         return str(path)
 
     # -- the main loop -------------------------------------------------------------------
@@ -306,7 +347,11 @@ class Runner:
                 self._fire_run("fail")
                 self.event("failure", message=str(failure), phase=failure.phase, step=failure.step)
                 if self.plan.on_failure == "rollback":
-                    self._rollback(str(failure))
+                    if self._rollback_entries():
+                        self._rollback(str(failure))
+                    else:
+                        # Nothing to undo with: stop as with on_failure: stop, resumable.
+                        log.error("no rollback for the phases that ran; nothing was undone")
                 return self.state
             self._fire_run("succeed")
         except Interrupted as exc:
@@ -419,6 +464,17 @@ class Runner:
             where = ".".join(str(p) for p in first["loc"])
             return self._step_failed(spec, st, f"with.{where}: {first['msg']} (after rendering)")
 
+        mark = f"{self.state['run_id']}/{spec.id}"
+        if st["status"] in ("running", "interrupted") and spec.uses != "process.start":
+            # Re-run from the start, but never next to what the dead attempt still runs.
+            # (process.start leaves its service running on purpose.)
+            leftovers = leftover_processes(mark)
+            if leftovers:
+                log.warning("stopping leftovers of the interrupted attempt", step=spec.id, pids=leftovers)
+                survivors = stop_leftovers(mark)
+                if survivors:
+                    why = f"processes {survivors} of the interrupted attempt do not stop; stop them first"
+                    return self._step_failed(spec, st, why)
         # Each process gets the whole retry policy; attempts counts all of them.
         tries_left = spec.retries
         delay = spec.retry_delay
@@ -446,7 +502,7 @@ class Runner:
                 stop_flag=self.stop_flag,
                 on_progress=self._progress_saver(st),
                 show_progress_bar=self.options.show_progress_bars,
-                env=dict(self.options.env),
+                env={**self.options.env, STEP_MARK: mark},
             )
             error: str | None = None
             outputs: dict[str, Any] = {}
@@ -580,9 +636,15 @@ class Runner:
         self._fire_run("rollback_done")
 
     def _run_rollback_entry(self, entry: dict[str, Any]) -> bool:
-        if entry["uses"] == "handler":
+        if entry["uses"] == "handler" and not isinstance(self.plan.rollback, list):
             return self._run_handler(entry)
-        spec = self._specs[entry["id"]]
+        spec = self._specs.get(entry["id"])
+        if spec is None:  # the plan changed (--allow-plan-change) while rolling back
+            entry["status"] = "skipped"
+            entry["reason"] = "no longer in the plan"
+            self.persist()
+            log.warning("rollback step skipped", step=entry["id"], reason=entry["reason"])
+            return True
         missing = self._missing_dependency(spec)
         if missing is not None:
             what = _NOTHING_TO.get(spec.uses, "do")

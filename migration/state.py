@@ -135,6 +135,31 @@ class PlanLock:
         os.fsync(fd)
         self._fd = fd
 
+    def is_held(self) -> bool | None:
+        """Whether a live process holds the lock, from ``/proc/locks`` (read-only; None if unknown).
+
+        Taking the lock to find out would race a run starting at that moment.
+        """
+        try:
+            st = self.path.stat()
+            table = Path("/proc/locks").read_text()
+        except FileNotFoundError:
+            return False if self.path.parent.exists() and Path("/proc/locks").exists() else None
+        except OSError:
+            return None
+        wanted = (os.major(st.st_dev), os.minor(st.st_dev), st.st_ino)
+        for line in table.splitlines():
+            fields = line.split()
+            if len(fields) < 6 or fields[1] != "FLOCK" or fields[2] == "->":
+                continue
+            try:
+                major, minor, inode = fields[5].split(":")
+                if (int(major, 16), int(minor, 16), int(inode)) == wanted:
+                    return True
+            except ValueError:
+                continue
+        return False
+
     @staticmethod
     def _read(fd: int) -> dict[str, Any]:
         try:
@@ -172,6 +197,9 @@ class StateStore:
     # -- directory and lock -------------------------------------------------------
     def prepare(self) -> None:
         try:
+            # Private from the top when we create it: runs record what the plan did.
+            if not self.root.exists():
+                self.root.mkdir(parents=True, mode=0o700)
             self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             probe = self.dir / f".probe.{os.getpid()}"
             probe.write_bytes(b"")
@@ -210,7 +238,7 @@ class StateStore:
         except FileNotFoundError as exc:
             raise StateError(
                 f"state file {path} named by {self.dir / 'current'} is missing; restore it from "
-                f"backup, or run `migration abandon` to start over"
+                f"backup, or {self._abandon_hint}"
             ) from exc
         except OSError as exc:
             raise StateError(f"cannot read state file {path}: {exc.strerror}") from exc
@@ -220,14 +248,15 @@ class StateStore:
             raise StateError(
                 f"state file {path} is not valid JSON (line {exc.lineno}, column {exc.colno}: "
                 f"{exc.msg}); it was edited or damaged. Repair it (the events log "
-                f"{path.with_suffix('').name}.events.jsonl records every step), or move it aside "
-                "and run `migration abandon` to start over"
+                f"{path.with_suffix('').name}.events.jsonl records every step), or {self._abandon_hint}"
             ) from exc
+        if not isinstance(state, dict):
+            state = {}
         missing = [k for k in ("run_id", "status", "phases", "plan_digest") if k not in state]
-        if not isinstance(state, dict) or missing:
+        if missing:
             raise StateError(
-                f"state file {path} is not a migration state (missing {', '.join(missing) or 'keys'}); "
-                "repair it or move it aside and run `migration abandon` to start over"
+                f"state file {path} is not a migration state (missing {', '.join(missing)}); "
+                f"repair it, or {self._abandon_hint}"
             )
         if state.get("schema_version", 0) > SCHEMA_VERSION:
             raise StateError(
@@ -272,6 +301,23 @@ class StateStore:
                 applied = entry["seq"]
                 self._journal_entries += 1
         state["journal_seq"] = self._seq = applied
+
+    @property
+    def _abandon_hint(self) -> str:
+        return f"set it aside and start a new run with: migration abandon {self.plan_name}"
+
+    def set_aside(self, run_id: str) -> Path | None:
+        """Rename a damaged state file (kept for the record) and drop the ``current`` pointer."""
+        path = self.run_path(run_id)
+        kept = path.with_name(f"{path.name}.damaged-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}")
+        try:
+            if path.exists():
+                path.rename(kept)
+            (self.dir / "current").unlink(missing_ok=True)
+            _fsync_dir(self.dir)
+        except OSError as exc:
+            raise _state_dir_error(self.dir, exc) from exc
+        return kept if kept.exists() else None
 
     def load_current(self) -> dict[str, Any] | None:
         run_id = self.current_run_id()

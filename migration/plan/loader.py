@@ -135,13 +135,16 @@ def _resolve_loc(raw: Any, loc: tuple[Any, ...]) -> tuple[Loc, bool]:
     path: list[str | int] = []
     current = raw
     missing = False
-    for part in loc:
+    for index, part in enumerate(loc):
         in_mapping = isinstance(current, Mapping) and isinstance(part, str) and part in current
         in_list = isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current)
+        last = index == len(loc) - 1
         if in_mapping or in_list:
             path.append(part)
             current = current[part]
-        elif isinstance(current, Mapping) and isinstance(part, str) and not _is_union_tag(part):
+        # A missing field ends the location; an absent key before the end is a
+        # union or discriminator tag (e.g. 'count' in checks[0].count.equals).
+        elif isinstance(current, Mapping) and isinstance(part, str) and last and not _is_union_tag(part):
             path.append(part)
             missing = True
             break
@@ -163,6 +166,8 @@ def _message(err: Mapping[str, Any], key: str | int | None, allowed: list[str]) 
         known = f" (allowed: {', '.join(allowed)})" if allowed and not hint else ""
         return f"unknown key {key!r}{suggestion}{known}"
     msg = str(err.get("msg", "invalid value"))
+    if kind == "value_error":
+        msg = msg.removeprefix("Value error, ")
     return msg[:1].lower() + msg[1:]
 
 
@@ -220,7 +225,8 @@ def _first_error(
         allowed = _allowed(_model_at(model, loc)) if kind == "extra_forbidden" else []
         message = _message(err, key, allowed)
         if missing:
-            parent = loaded_error(full[:-1], message)
+            # At the key that introduces the mapping lacking the field (``with:``), if any.
+            parent = loaded_error(full[:-1], message, at_key=True)
             error = PlanError(
                 message, file=parent.file, line=parent.line, col=parent.col, path=format_path(full)
             )
@@ -355,7 +361,13 @@ def _check_templates(loaded: LoadedPlan, extra_vars: Mapping[str, Any]) -> None:
     main_order = [s.id for s in plan.all_steps()]
     phase_rollback_ids = [s.id for p in plan.phases for s in p.rollback]
 
-    def check(loc: Loc, source: str, visible: list[str], expression: bool = False) -> None:
+    def check(
+        loc: Loc,
+        source: str,
+        visible: list[str],
+        expression: bool = False,
+        var_names: set[str] | None = None,
+    ) -> None:
         try:
             tree = templates.parse_expression(source) if expression else templates.parse(source)
         except templates.TemplateError as exc:
@@ -370,17 +382,31 @@ def _check_templates(loaded: LoadedPlan, extra_vars: Mapping[str, Any]) -> None:
                 or any(s.id == ref for s in plan.rollback_steps())
             ):
                 raise loaded.error(loc, f"step {ref!r} runs later; its outputs are not available here")
-            raise loaded.error(loc, f"no step with id {ref!r}")
+            hyphenated = [s.id for s in plan.all_steps() if s.id.startswith(ref + "-")]
+            close = difflib.get_close_matches(ref, visible, n=1)
+            if hyphenated:
+                hint = f" (a '-' is a minus in steps.{hyphenated[0]}: write steps['{hyphenated[0]}'])"
+            else:
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise loaded.error(loc, f"no step with id {ref!r}{hint}")
         for name in sorted(refs.vars):
+            if var_names is not None and name not in var_names and name in plan.vars:
+                problem = "refers to itself" if loc[:2] == ("vars", name) else "is defined below"
+                raise loaded.error(
+                    loc, f"vars.{name} {problem}; a variable can use only the variables above it"
+                )
             if name not in known_vars:
                 raise loaded.error(
                     loc, f"undefined variable vars.{name} (define it under vars: or pass --var {name}=...)"
                 )
 
+    # Vars render in order: each sees the ones above it (and every --var).
+    above: set[str] = set(extra_vars)
     for name, value in plan.vars.items():
         for sub, text in templates.iter_strings(value, ("vars", name)):
             if templates.is_template(text):
-                check(sub, text, [])
+                check(sub, text, [], var_names=above)
+        above.add(name)
     # Main steps see the steps before them; checkpoints see their phase's steps too.
     index = 0
     for pi, phase in enumerate(plan.phases):

@@ -57,7 +57,12 @@ def parse(source: str) -> nodes.Template:
 
 def parse_expression(source: str) -> nodes.Template:
     """Parse a bare expression (a checkpoint's ``that:``, a step's ``when:``)."""
-    return parse("{{ " + source + " }}")
+    try:
+        return ENV.parse("{{ " + source + " }}")
+    except TemplateSyntaxError as exc:
+        # The expression is parsed inside {{ }}: say "expression", not "print statement".
+        message = str(exc.message).replace("'end of print statement'", "end of expression")
+        raise TemplateError(f"expression syntax error: {message}") from exc
 
 
 @dataclass
@@ -91,6 +96,21 @@ def references(tree: nodes.Template) -> References:
     def walk(node: nodes.Node, defaulted: bool) -> None:
         if isinstance(node, nodes.Filter) and node.name in ("default", "d"):
             defaulted = True
+        if (
+            isinstance(node, nodes.Call)
+            and isinstance(node.node, nodes.Getattr)
+            and node.node.attr == "get"
+            and isinstance(node.node.node, nodes.Name)
+            and node.node.node.name in ("env", "vars", "steps")
+        ):
+            # env.get('X', ...) is optional by construction: not a reference to a key "get".
+            first = node.args[0] if node.args else None
+            is_name = isinstance(first, nodes.Const) and isinstance(first.value, str)
+            if node.node.node.name == "env" and is_name:
+                refs.env_defaulted.add(first.value)  # type: ignore[union-attr]
+            for child in [*node.args, *node.kwargs]:
+                walk(child, defaulted)
+            return
         if isinstance(node, (nodes.Getattr, nodes.Getitem)) and isinstance(node.node, nodes.Name):
             key = _key_of(node)
             root = node.node.name

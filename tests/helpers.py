@@ -1,0 +1,176 @@
+"""Shared helpers for end-to-end tests: the CLI in a subprocess, as users run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+PROJECT = Path(__file__).resolve().parent.parent
+MIGRATION = [sys.executable, "-m", "migration.cli"]
+
+
+def cli_env(extra: Mapping[str, str] | None = None, drop: Sequence[str] = ()) -> dict[str, str]:
+    """The environment of a CLI subprocess: the package importable, no inherited state dir."""
+    env = dict(os.environ)
+    env.pop("MIGRATION_STATE_DIR", None)
+    for name in drop:
+        env.pop(name, None)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT), env.get("PYTHONPATH", "")) if p)
+    env["NO_COLOR"] = "1"
+    env.update(extra or {})
+    return env
+
+
+def migration(
+    cwd: Path,
+    *args: str | Path,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 60,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``migration ARGS`` in ``cwd`` to completion (stdin closed, output captured)."""
+    return subprocess.run(
+        [*MIGRATION, *map(str, args)],
+        cwd=cwd,
+        env=dict(env) if env is not None else cli_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+_BATCH_DRIVER = """
+import contextlib, io, json, os, sys, traceback
+from migration import cli
+
+results = []
+for cwd, args in json.load(sys.stdin):
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            cli.main.main(args, prog_name="migration")
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+    results.append([code, out.getvalue(), err.getvalue()])
+sys.__stdout__.write(json.dumps(results))
+"""
+
+
+def migration_batch(
+    calls: Sequence[tuple[Path, Sequence[str | Path]]], env: Mapping[str, str] | None = None
+) -> list[subprocess.CompletedProcess[str]]:
+    """Many ``migration ARGS`` invocations (each in its own cwd) in one interpreter.
+
+    For checks of quick failures (a bad plan), where starting Python for every
+    call would dominate: the same click entry point, the same exit codes and
+    stderr, one process for the lot.
+    """
+    payload = json.dumps([[str(cwd), [str(a) for a in args]] for cwd, args in calls])
+    done = subprocess.run(
+        [sys.executable, "-c", _BATCH_DRIVER],
+        input=payload,
+        env=dict(env) if env is not None else cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return [
+        subprocess.CompletedProcess(["migration", *map(str, args)], code, out, err)
+        for (_, args), (code, out, err) in zip(calls, json.loads(done.stdout), strict=True)
+    ]
+
+
+def start_migration(
+    cwd: Path, *args: str | Path, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """Start ``migration ARGS`` in the background; the pid is the migration process itself."""
+    return subprocess.Popen(
+        [*MIGRATION, *map(str, args)],
+        cwd=cwd,
+        env=dict(env) if env is not None else cli_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def kill(proc: subprocess.Popen[str], sig: signal.Signals = signal.SIGKILL) -> tuple[int, str, str]:
+    proc.send_signal(sig)
+    return finish(proc)
+
+
+def write_plan(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+    return path
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 20, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def lines_of(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+def current_run_id(state_dir: Path, plan_name: str) -> str:
+    return (state_dir / plan_name / "current").read_text().strip()
+
+
+def load_state(state_dir: Path, plan_name: str, run_id: str | None = None) -> dict[str, Any]:
+    """The run's state document; fails the test if it does not parse."""
+    run_id = run_id or current_run_id(state_dir, plan_name)
+    data: dict[str, Any] = json.loads((state_dir / plan_name / f"{run_id}.json").read_text())
+    return data
+
+
+def step_states(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {s["id"]: s for p in state["phases"] for s in p["steps"]}
+
+
+def listing(root: Path) -> list[tuple[str, int, float]]:
+    """Every path under ``root`` with size and mtime: equal listings mean nothing was written."""
+    out = [(".", 0, root.stat().st_mtime)]  # something created and removed again shows here
+    for path in sorted(root.rglob("*")):
+        st = path.lstat()
+        out.append((str(path.relative_to(root)), st.st_size if path.is_file() else 0, st.st_mtime))
+    return out
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie awaiting its reaper counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2 :].split()[0] not in ("Z", "X")
+
+
+def assert_no_traceback(result: subprocess.CompletedProcess[str] | str) -> None:
+    text = result if isinstance(result, str) else result.stdout + result.stderr
+    assert "Traceback" not in text, text
