@@ -37,7 +37,8 @@ from migration.log import redactor
 from migration.plan.loader import LoadedPlan, load_plan
 from migration.plan.model import Plan
 from migration.preview import Previewer
-from migration.runner import Runner, RunOptions, interactive_stdin, new_state, reconcile
+from migration.run_document import new_state, reconcile
+from migration.runner import Runner, RunOptions, interactive_stdin
 from migration.state import FINISHED, StateStore, new_run_id, now_iso
 from migration.steps.registry import step_types
 

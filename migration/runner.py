@@ -8,7 +8,6 @@ therefore leaves a state file that says exactly what was completed.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -24,58 +23,19 @@ from pydantic import ValidationError
 
 from migration.context import TemplateContext
 from migration.errors import Interrupted, MigrationError, StepError
+from migration.leftovers import STEP_MARK, leftover_processes, stop_leftovers
 from migration.machine import Lifecycle, phase_lifecycle, run_lifecycle
 from migration.plan import templates
 from migration.plan.loader import LoadedPlan
 from migration.plan.model import StepSpec
-from migration.rollback import RollbackContext, find_handler
+from migration.rollback import RollbackDriver
+from migration.run_document import jsonable
 from migration.secrets import Redactor
 from migration.state import StateStore, now_iso
 from migration.steps.base import StepContext, StopFlag
 from migration.steps.registry import get_step_type
 
 log = structlog.get_logger("migration")
-
-# What a skipped rollback step "had nothing to" do, by step type.
-_NOTHING_TO = {"mongo.restore": "restore", "process.stop": "stop", "shell": "run"}
-# Set in the environment of every process a step starts: "<run-id>/<step-id>". After a
-# crash (SIGKILL, power loss of the terminal...) it finds what the dead attempt left running.
-STEP_MARK = "MIGRATION_STEP"
-LEFTOVER_GRACE_SECONDS = 5.0
-
-
-def leftover_processes(mark: str) -> list[int]:
-    """Live processes started by an earlier attempt of a step (their environment carries ``mark``)."""
-    wanted = f"{STEP_MARK}={mark}".encode()
-    found: list[int] = []
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return found
-    for entry in proc.iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if wanted in (entry / "environ").read_bytes().split(b"\0"):
-                found.append(int(entry.name))
-        except OSError:  # gone, a zombie, or not ours
-            continue
-    return found
-
-
-def stop_leftovers(mark: str) -> list[int]:
-    """SIGTERM what an earlier attempt left running, SIGKILL it after a grace period."""
-    pids = leftover_processes(mark)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + LEFTOVER_GRACE_SECONDS
-        while pids and time.monotonic() < deadline:
-            time.sleep(0.05)
-            pids = [pid for pid in pids if pid in leftover_processes(mark)]
-        if not pids:
-            break
-    return pids
 
 
 class StepTimeout(MigrationError):
@@ -99,77 +59,7 @@ class RunOptions:
     show_progress_bars: bool = False
 
 
-def _new_step_state(spec: StepSpec) -> dict[str, Any]:
-    return {
-        "id": spec.id,
-        "uses": spec.uses,
-        "status": "pending",
-        "attempts": 0,
-        "outputs": {},
-        "error": None,
-        "started_at": None,
-        "finished_at": None,
-    }
-
-
-def _new_phase_state(phase: Any, old: dict[str, Any] | None) -> dict[str, Any]:
-    old_steps = {s["id"]: s for s in (old or {}).get("steps", [])}
-    return {
-        "id": phase.id,
-        "status": (old or {}).get("status", "pending"),
-        "started_at": (old or {}).get("started_at"),
-        "finished_at": (old or {}).get("finished_at"),
-        "checkpoint": (old or {}).get("checkpoint") or {"status": "pending", "results": []},
-        "steps": [old_steps.get(s.id) or _new_step_state(s) for s in phase.steps],
-    }
-
-
-def new_state(loaded: LoadedPlan, run_id: str, workdir: Path, var_overrides: list[str]) -> dict[str, Any]:
-    """A fresh run. Rendered vars are not stored: they may hold values from ``env``."""
-    import os
-    import socket
-
-    return {
-        "schema_version": 1,
-        "run_id": run_id,
-        "plan_name": loaded.plan.name,
-        "plan_path": str(loaded.path),
-        "plan_digest": loaded.digest,
-        "status": "pending",
-        "started_at": now_iso(),
-        "finished_at": None,
-        "workdir": str(workdir),
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "var_overrides": sorted(var_overrides),
-        "error": None,
-        "needs_operator": False,
-        "interrupted_from": None,
-        "downtime": loaded.plan.downtime.model_dump() if loaded.plan.downtime else None,
-        "phases": [_new_phase_state(p, None) for p in loaded.plan.phases],
-        "rollback": {
-            "status": None,
-            "reason": None,
-            "started_at": None,
-            "finished_at": None,
-            "steps": [],
-            "error": None,
-        },
-    }
-
-
-def reconcile(state: dict[str, Any], loaded: LoadedPlan) -> None:
-    """Fit a saved state to the plan (same plan: no change; an allowed changed plan:
-    steps and phases matched by id keep their status and outputs)."""
-    old = {p["id"]: p for p in state["phases"]}
-    state["phases"] = [_new_phase_state(p, old.get(p.id)) for p in loaded.plan.phases]
-
-
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str))
-
-
-class Runner:
+class Runner(RollbackDriver):
     """Drives one run of a plan to an end state, persisting after every change."""
 
     def __init__(
@@ -407,7 +297,7 @@ class Runner:
             try:
                 value = templates.evaluate(cp.that, ctx)
                 result["passed"] = templates.truthy(value)
-                result["value"] = _jsonable(value) if not isinstance(value, bool) else value
+                result["value"] = jsonable(value) if not isinstance(value, bool) else value
             except templates.TemplateError as exc:
                 result["passed"] = False
                 result["error"] = str(exc)
@@ -521,7 +411,7 @@ class Runner:
                 where = self._debug_log(exc)
                 error = f"{type(exc).__name__}: {exc} (traceback in {where})"
             elapsed = time.monotonic() - started
-            st["outputs"] = self.redact(_jsonable(outputs))
+            st["outputs"] = self.redact(jsonable(outputs))
             st["duration_s"] = round(elapsed, 3)
             st["finished_at"] = now_iso()
             if error is None:
@@ -560,154 +450,10 @@ class Runner:
 
     def _progress_saver(self, st: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
         def save(fields: dict[str, Any]) -> None:
-            st["progress"] = self.redact(_jsonable(fields))
+            st["progress"] = self.redact(jsonable(fields))
             self.persist(st)
 
         return save
-
-    # -- rollback ------------------------------------------------------------------------------
-    def _rollback_entries(self) -> list[dict[str, Any]]:
-        entries: list[dict[str, Any]] = []
-        for phase, phase_state in reversed(list(zip(self.plan.phases, self.state["phases"], strict=True))):
-            # Phases that started (completed, or failed part-way) are undone, newest first.
-            if phase_state["status"] in ("succeeded", "failed", "running") or any(
-                s["attempts"] for s in phase_state["steps"]
-            ):
-                for spec in phase.rollback:
-                    entries.append({**_new_step_state(spec), "phase": phase.id})
-        if isinstance(self.plan.rollback, list):
-            for spec in self.plan.rollback:
-                entries.append({**_new_step_state(spec), "phase": None})
-        else:
-            entries.append(
-                {
-                    "id": f"handler:{self.plan.rollback.handler}",
-                    "uses": "handler",
-                    "status": "pending",
-                    "attempts": 0,
-                    "outputs": {},
-                    "error": None,
-                    "started_at": None,
-                    "finished_at": None,
-                    "phase": None,
-                }
-            )
-        return entries
-
-    def rollback(self, reason: str) -> dict[str, Any]:
-        """``migration rollback PLAN``: run (or finish) the rollback on demand."""
-        try:
-            self._rollback(reason)
-        except Interrupted as exc:
-            self._interrupt(str(exc))
-        return self.state
-
-    def _rollback(self, reason: str) -> None:
-        rb = self.state["rollback"]
-        if self.run.state != "rolling_back":
-            self._fire_run("roll_back")
-        if not rb["steps"] or rb["status"] in (None, "succeeded"):
-            rb["steps"] = self._rollback_entries()
-        if not rb.get("reason"):
-            rb["reason"] = reason
-        rb["status"] = "running"
-        rb["started_at"] = rb.get("started_at") or now_iso()
-        rb["error"] = None
-        self.persist()
-        log.warning("rolling back", reason=rb["reason"], steps=[e["id"] for e in rb["steps"]])
-        for entry in rb["steps"]:
-            if entry["status"] in ("succeeded", "skipped"):
-                continue
-            ok = self._run_rollback_entry(entry)
-            if not ok:
-                done = [e["id"] for e in rb["steps"] if e["status"] in ("succeeded", "skipped")]
-                todo = [e["id"] for e in rb["steps"] if e["status"] not in ("succeeded", "skipped")]
-                rb["status"] = "failed"
-                rb["error"] = f"rollback step {entry['id']} failed: {entry['error']}"
-                rb["done"] = done
-                rb["remaining"] = todo
-                self.state["needs_operator"] = True
-                rb["finished_at"] = now_iso()
-                self._fire_run("rollback_error")
-                return
-        rb["status"] = "succeeded"
-        rb["finished_at"] = now_iso()
-        self.state["needs_operator"] = False
-        self._fire_run("rollback_done")
-
-    def _run_rollback_entry(self, entry: dict[str, Any]) -> bool:
-        if entry["uses"] == "handler" and not isinstance(self.plan.rollback, list):
-            return self._run_handler(entry)
-        spec = self._specs.get(entry["id"])
-        if spec is None:  # the plan changed (--allow-plan-change) while rolling back
-            entry["status"] = "skipped"
-            entry["reason"] = "no longer in the plan"
-            self.persist()
-            log.warning("rollback step skipped", step=entry["id"], reason=entry["reason"])
-            return True
-        missing = self._missing_dependency(spec)
-        if missing is not None:
-            what = _NOTHING_TO.get(spec.uses, "do")
-            entry["status"] = "skipped"
-            entry["reason"] = f"nothing to {what}: step {missing} did not complete"
-            self.persist()
-            self.event("step", step=spec.id, dest="skipped", reason=entry["reason"])
-            log.warning("rollback step skipped", step=spec.id, reason=entry["reason"])
-            return True
-        ok = self._run_step(spec, entry, entry.get("phase"))
-        return ok or spec.continue_on_error
-
-    def _missing_dependency(self, spec: StepSpec) -> str | None:
-        """A step this rollback step's templates read but that never succeeded."""
-        refs = templates.References()
-        for _, text in templates.iter_strings(spec.with_):
-            if templates.is_template(text):
-                refs.update(templates.references(templates.parse(text)))
-        if spec.when:
-            refs.update(templates.references(templates.parse_expression(spec.when)))
-        for ref in sorted(refs.steps):
-            found = self.context.steps.get(ref)
-            if found is None or found["status"] != "succeeded":
-                return ref
-        return None
-
-    def _run_handler(self, entry: dict[str, Any]) -> bool:
-        assert not isinstance(self.plan.rollback, list)
-        name = self.plan.rollback.handler
-        handler = find_handler(name)
-        entry["status"] = "running"
-        entry["attempts"] = entry.get("attempts", 0) + 1
-        entry["started_at"] = now_iso()
-        self.persist()
-        self.event("step", step=entry["id"], dest="running")
-        try:
-            if handler is None:
-                raise MigrationError(f"rollback handler {name!r} is not registered")
-            kwargs = templates.render_value(self.plan.rollback.with_, self.context.as_dict())
-            ctx = RollbackContext(
-                run_id=self.state["run_id"],
-                plan_name=self.plan.name,
-                workdir=self.options.workdir,
-                error=(self.state.get("error") or {}).get("message"),
-                outputs_of=self._outputs_of(),
-            )
-            with self._interruptible_section(None):
-                result = handler(ctx, **kwargs)
-            entry["outputs"] = self.redact(
-                _jsonable(result if isinstance(result, dict) else {"result": result})
-            )
-            entry["status"] = "succeeded"
-        except Interrupted:
-            raise
-        except Exception as exc:
-            entry["status"] = "failed"
-            entry["error"] = self.redact.text(
-                f"{type(exc).__name__}: {exc}" if not isinstance(exc, MigrationError) else str(exc)
-            )
-        entry["finished_at"] = now_iso()
-        self.persist()
-        self.event("step", step=entry["id"], dest=entry["status"], error=entry.get("error"))
-        return bool(entry["status"] == "succeeded")
 
 
 def interactive_stdin() -> bool:
