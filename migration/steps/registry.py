@@ -16,18 +16,24 @@ from migration.steps.base import Step
 _REGISTRY: dict[str, type[Step[Any]]] = {}
 _LOADED = False
 
-BUILTIN_MODULES = (
-    "migration.steps.shell",
-    "migration.steps.http",
-    "migration.steps.process",
-    "migration.steps.gates",
-    "migration.steps.misc",
-    "migration.steps.mongo.preflight",
-    "migration.steps.mongo.backup",
-    "migration.steps.mongo.restore",
-    "migration.steps.mongo.transform",
-    "migration.steps.mongo.validate",
-)
+# Built-in step types by name, imported on first use: a plan of shell steps
+# never pays for importing pymongo.
+BUILTIN_MODULES = {
+    "shell": "migration.steps.shell",
+    "http.check": "migration.steps.http",
+    "process.start": "migration.steps.process",
+    "process.stop": "migration.steps.process",
+    "confirm": "migration.steps.gates",
+    "notify": "migration.steps.misc",
+    "python": "migration.steps.misc",
+    "sleep": "migration.steps.misc",
+    "require": "migration.steps.misc",
+    "mongo.preflight": "migration.steps.mongo.preflight",
+    "mongo.backup": "migration.steps.mongo.backup",
+    "mongo.restore": "migration.steps.mongo.restore",
+    "mongo.transform": "migration.steps.mongo.transform",
+    "mongo.validate": "migration.steps.mongo.validate",
+}
 
 S = TypeVar("S", bound=type[Step[Any]])
 
@@ -47,11 +53,12 @@ def register(cls: S) -> S:
 
 
 def _load() -> None:
+    """Import every built-in and every plugin."""
     global _LOADED
     if _LOADED:
         return
     _LOADED = True
-    for module in BUILTIN_MODULES:
+    for module in sorted(set(BUILTIN_MODULES.values())):
         importlib.import_module(module)
     for ep in entry_points(group="migration.steps"):
         try:
@@ -71,5 +78,8 @@ def step_types() -> dict[str, type[Step[Any]]]:
 
 
 def get_step_type(name: str) -> type[Step[Any]] | None:
-    _load()
+    if name not in _REGISTRY and name in BUILTIN_MODULES:
+        importlib.import_module(BUILTIN_MODULES[name])
+    if name not in _REGISTRY:
+        _load()  # a plugin, or unknown
     return _REGISTRY.get(name)
