@@ -50,7 +50,7 @@ PY
 cat >"$demo/.env" <<ENV
 DATABASE_URL=$database_url
 VNP_APP_URL=http://127.0.0.1:$app_port
-VNP_APP_STOP=pid=\$(cat app.pid) && kill \$pid && while kill -0 \$pid 2>/dev/null; do sleep 0.1; done && rm -f app.pid
+VNP_APP_STOP=pid=\$(cat app.pid) && kill \$pid && for i in \$(seq 100); do kill -0 \$pid 2>/dev/null || break; sleep 0.1; done && rm -f app.pid
 VNP_APP_TEST_START=$app_cmd
 VNP_APP_RESTART=nohup $app_cmd >>app.log 2>&1 & echo \$! >app.pid
 VNP_REQUIRED_COMMANDS=python3 kill
