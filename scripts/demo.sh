@@ -34,7 +34,7 @@ python -m migration.demo.seed --uri "$database_url" --size "${DEMO_SIZE:-small}"
 app_port=$(python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 app_cmd="python -m migration.demo.app --port $app_port --uri $database_url"
 # "Production" is up before the migration, as on the real night.
-(cd "$demo" && nohup $app_cmd >app.log 2>&1 & echo $! >"$demo/app.pid")
+(cd "$demo" && { nohup $app_cmd >app.log 2>&1 & echo $! >app.pid; })
 python - "$app_port" <<'PY'
 import sys, time, urllib.request
 for _ in range(100):
