@@ -1,0 +1,215 @@
+"""Planning and writing one batch of ``mongo.transform``.
+
+Planning computes, in Python, each document's after-state and the update that
+produces it (a diff, so what is written is exactly what is logged). Writing sends
+the updates with unordered ``bulk_write``, each guarded by the values it read; an
+update that did not match is classified by reading the document again: already
+in its after-state on every path the update touches (a batch re-applied after a
+crash, or a concurrent change to other fields only) is ``migrated``; anything
+else is a ``conflict`` and is never overwritten.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pymongo import UpdateOne
+from pymongo.collection import Collection
+from pymongo.errors import BulkWriteError, OperationFailure
+
+from migration.steps.mongo.documents import (
+    MISSING,
+    UpdateError,
+    apply_update,
+    as_stored,
+    diff,
+    get_path,
+    guard,
+    id_key,
+    same,
+)
+from migration.steps.mongo.operations import OperationOutcome, OperationsProgram
+
+# FerretDB 1.24 (PostgreSQL backend) holds one pooled PostgreSQL connection per
+# statement of an ``update`` command until the command ends; its pool has 50, so
+# a command of 50 or more statements never finishes and wedges the server. Keep
+# commands well below that.
+FERRETDB_STATEMENTS_PER_COMMAND = 20
+
+INVALID_EXCEPTION_NAMES = frozenset({"InvalidDocument", "InvalidValue"})
+
+
+@dataclass
+class Planned:
+    """One document of a batch: what was read and what should happen to it."""
+
+    doc_id: Any
+    before: dict[str, Any]
+    status: str  # write | skipped | invalid | error
+    reason: str | None = None
+    after: dict[str, Any] | None = None
+    update: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Outcome:
+    """What happened to a planned document: migrated, skipped, invalid, error or conflict."""
+
+    planned: Planned
+    status: str
+    reason: str | None = None
+    current: dict[str, Any] | None = None
+
+
+def is_invalid_exception(exc: BaseException) -> bool:
+    """``InvalidDocument`` and look-alikes (e.g. a recipe's ``InvalidValue``)."""
+    return any(cls.__name__ in INVALID_EXCEPTION_NAMES for cls in type(exc).__mro__)
+
+
+class Planner:
+    """Turns a document into a :class:`Planned`, with a function or with operations."""
+
+    def __init__(
+        self,
+        function: Callable[[dict[str, Any]], Any] | None,
+        program: OperationsProgram | None,
+        redact: Callable[[str], str],
+    ) -> None:
+        self.function = function
+        self.program = program
+        self.redact = redact
+
+    def plan(self, doc: dict[str, Any]) -> Planned:
+        doc_id = doc["_id"]
+        try:
+            if self.function is not None:
+                update = self.function(copy.deepcopy(doc))
+                if update is None:
+                    return Planned(doc_id, doc, "skipped", "the function returned None")
+                after = apply_update(doc, update)
+            else:
+                assert self.program is not None
+                after = self.program.apply(doc)
+            after = as_stored(after)
+            if not same(after.get("_id", MISSING), doc_id):
+                raise UpdateError("a transform may not change _id")
+            update = diff(doc, after)
+        except OperationOutcome as outcome:
+            return Planned(doc_id, doc, outcome.status, self.redact(outcome.reason))
+        except UpdateError as exc:
+            return Planned(doc_id, doc, "error", self.redact(str(exc)))
+        except Exception as exc:
+            if is_invalid_exception(exc):
+                reason = str(getattr(exc, "reason", "") or exc) or type(exc).__name__
+                return Planned(doc_id, doc, "invalid", self.redact(reason))
+            return Planned(doc_id, doc, "error", self.redact(f"{type(exc).__name__}: {exc}"))
+        if not update:
+            return Planned(doc_id, doc, "skipped", "no change")
+        return Planned(doc_id, doc, "write", after=after, update=update)
+
+
+class GuardedWriter:
+    """Writes planned updates; reports what happened to each document."""
+
+    def __init__(
+        self,
+        collection: Collection[Any],
+        ferretdb: bool,
+        redact: Callable[[str], str],
+        check_stop: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.collection = collection
+        self.chunk = FERRETDB_STATEMENTS_PER_COMMAND if ferretdb else 0
+        self.redact = redact
+        # Stopping between chunks is safe: the batch is journaled and not yet
+        # recorded as done, so a re-run replays it.
+        self.check_stop = check_stop
+
+    def write(self, planned: list[Planned]) -> list[Outcome]:
+        outcomes: dict[int, Outcome] = {}
+        to_write = [(i, p) for i, p in enumerate(planned) if p.status == "write"]
+        for i, p in enumerate(planned):
+            if p.status != "write":
+                outcomes[i] = Outcome(p, p.status, p.reason)
+        size = self.chunk or max(1, len(to_write))
+        recheck: list[tuple[int, Planned]] = []
+        for start in range(0, len(to_write), size):
+            if start:
+                self.check_stop()
+            chunk = to_write[start : start + size]
+            matched, errors = self._bulk([p for _, p in chunk])
+            applied = []
+            for position, (i, p) in enumerate(chunk):
+                if position in errors:
+                    outcomes[i] = Outcome(p, "error", errors[position])
+                else:
+                    applied.append((i, p))
+            if matched >= len(applied):
+                for i, p in applied:
+                    outcomes[i] = Outcome(p, "migrated")
+            else:
+                # The reply counts matches, not which ones: read them all back.
+                recheck.extend(applied)
+        if recheck:
+            outcomes.update(self._classify(recheck))
+        return [outcomes[i] for i in range(len(planned))]
+
+    def _bulk(self, chunk: list[Planned]) -> tuple[int, dict[int, str]]:
+        pairs = [(guard(p.doc_id, p.before, p.update), p.update) for p in chunk]
+        try:
+            result = self.collection.bulk_write(
+                [UpdateOne(condition, update) for condition, update in pairs], ordered=False
+            )
+            return result.matched_count, {}
+        except BulkWriteError as exc:
+            details = exc.details or {}
+            errors = {
+                int(e["index"]): self.redact(str(e.get("errmsg", "write failed")))
+                for e in details.get("writeErrors", [])
+            }
+            return int(details.get("nMatched", 0)), errors
+        except (KeyError, OperationFailure):
+            # FerretDB 1.x leaves n/nModified out of a reply that has write errors
+            # (pymongo then fails merging it), and fails a whole command on a
+            # duplicate key: find the failing updates one by one.
+            return self._one_by_one(pairs)
+
+    def _one_by_one(self, pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> tuple[int, dict[int, str]]:
+        matched = 0
+        errors: dict[int, str] = {}
+        for index, (condition, update) in enumerate(pairs):
+            try:
+                matched += self.collection.update_one(condition, update).matched_count
+            except OperationFailure as exc:
+                errors[index] = self.redact(str((exc.details or {}).get("errmsg") or exc))
+        return matched, errors
+
+    def _classify(self, recheck: list[tuple[int, Planned]]) -> dict[int, Outcome]:
+        ids = [p.doc_id for _, p in recheck]
+        current = {id_key(d["_id"]): d for d in self.collection.find({"_id": {"$in": ids}})}
+        outcomes: dict[int, Outcome] = {}
+        for i, p in recheck:
+            now = current.get(id_key(p.doc_id))
+            if now is not None and _has_applied(now, p.update):
+                outcomes[i] = Outcome(p, "migrated")
+            elif now is None:
+                outcomes[i] = Outcome(p, "conflict", "deleted by someone else after it was read")
+            else:
+                outcomes[i] = Outcome(
+                    p,
+                    "conflict",
+                    "changed by someone else after it was read; not overwritten",
+                    current=now,
+                )
+        return outcomes
+
+
+def _has_applied(doc: dict[str, Any], update: dict[str, Any]) -> bool:
+    """Every path the update touches holds its after-state value (other fields may differ)."""
+    for path, value in update.get("$set", {}).items():
+        if not same(get_path(doc, path), value):
+            return False
+    return all(get_path(doc, path) is MISSING for path in update.get("$unset", {}))
