@@ -334,6 +334,13 @@ def _check_step_params(loaded: LoadedPlan, loc: Loc, step: StepSpec) -> None:
         suggestion = f"; did you mean {hint[0]!r}?" if hint else f" (known: {', '.join(names)})"
         raise loaded.error((*loc, "uses"), f"unknown step type {step.uses!r}{suggestion}")
     with_raw = step.with_
+    for name in step_type.quoted_fields(with_raw):
+        value = with_raw.get(name)
+        if isinstance(value, str) and templates.is_template(value):
+            try:
+                templates.check_shell_template(value)
+            except templates.TemplateError as exc:
+                raise loaded.error((*loc, "with", name), str(exc)) from exc
     try:
         step_type.Params.model_validate(with_raw)
     except ValidationError as exc:

@@ -160,10 +160,37 @@ class Placeholder:
     __repr__ = __str__
 
 
+def check_shell_template(source: str) -> None:
+    """Refuse ``{{ }}`` inside quotes in a shell command.
+
+    Values are shell-quoted where they stand; inside "..." a quoted value would
+    still expand ``$(...)`` and backticks, and inside '...' it would close the quotes.
+    """
+    quote: str | None = None
+    i = 0
+    while i < len(source):
+        ch = source[i]
+        if source.startswith("{{", i) and quote is not None:
+            raise TemplateError(
+                f"template inside {quote}...{quote} in a shell command: write {{{{ value }}}} without "
+                "quotes; it is shell-quoted automatically"
+            )
+        if quote is None and ch == "\\":
+            i += 2
+            continue
+        if ch in "\"'" and (quote is None or quote == ch):
+            quote = None if quote == ch else ch
+        elif ch == "\\" and quote == '"':
+            i += 1
+        i += 1
+
+
 def render_string(source: str, context: Mapping[str, Any], quote: bool = False) -> Any:
     """Render one template string; a lone ``{{ expr }}`` keeps its native type."""
     if not is_template(source):
         return source
+    if quote:
+        check_shell_template(source)
     try:
         match = _SINGLE_EXPRESSION.match(source)
         if match and "{{" not in match.group("expr") and not quote:

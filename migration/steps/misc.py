@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import inspect
+import io
 import json
 import os
 import re
@@ -246,8 +248,11 @@ class Python(Step["Python.Params"]):
         if accepts_ctx:
             kwargs["ctx"] = ctx
         ctx.log.info("calling", function=p.function)
+        printed = io.StringIO()
         try:
-            result = function(**kwargs)
+            # stdout is for machine-readable output; what the function prints is logged, masked.
+            with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+                result = function(**kwargs)
         except MigrationError:
             raise
         except Exception as exc:
@@ -257,6 +262,9 @@ class Python(Step["Python.Params"]):
                 traceback=ctx.redact(traceback.format_exc()),
             )
             raise StepError(f"{p.function} raised {type(exc).__name__}: {ctx.redact(str(exc))}") from exc
+        finally:
+            for line in printed.getvalue().splitlines():
+                ctx.log.info("output", line=ctx.redact(line))
         if result is None:
             return {}
         outputs = result if isinstance(result, dict) else {"result": result}

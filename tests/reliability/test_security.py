@@ -382,22 +382,12 @@ def test_values_templated_into_shell_commands_cannot_inject(tmp_path: Path) -> N
     _check_injections(calls, _run_injections(calls))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug, reported: with shell: true a template inside quotes in the command "
-    "(\"{{ x }}\" or '{{ x }}') is quoted as if bare: $(...), backticks and quote-breaking values run",
-)
 @pytest.mark.parametrize("context", ["double", "single"])
 def test_values_templated_inside_quotes_in_shell_commands_cannot_inject(context: str, tmp_path: Path) -> None:
     calls = _injection_calls(tmp_path, context)
     _check_injections(calls, _run_injections(calls), refusal_ok=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug, reported: what a python step's function prints goes to the terminal as it is: "
-    "unmasked, and on stdout, which is reserved for machine-readable output",
-)
 def test_what_a_python_step_prints_is_masked_and_kept_off_stdout(tmp_path: Path) -> None:
     write_plan(tmp_path / "leaky.py", LEAKY)
     write_plan(
@@ -450,11 +440,6 @@ def test_state_files_are_private_whatever_the_umask(tmp_path: Path, mongo_url: s
 
 
 @pytest.mark.mongo
-@pytest.mark.xfail(
-    strict=True,
-    reason="reported: mongo.backup creates its folders and files with the process umask "
-    "(0755/0644 here), so every local user can read the dump of production",
-)
 def test_backups_are_private(tmp_path: Path, mongo_url: str) -> None:
     seed(mongo_url, 10)
     write_plan(

@@ -264,9 +264,12 @@ class MongoBackup(Step["MongoBackup.Params"]):
         params = ctx.params
         tool = find_tool(ctx, "mongodump") if params.tool == "mongodump" else ""
         client, db = connect(params.uri)
+        # A dump of production is readable by its owner only (0700 folders, 0600 files).
+        umask = os.umask(0o077)
         try:
             return self._backup(ctx, db, tool)
         finally:
+            os.umask(umask)
             client.close()
 
     def _backup(self, ctx: StepContext[MongoBackup.Params], db: Database[Any], tool: str) -> dict[str, Any]:
