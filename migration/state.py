@@ -18,6 +18,7 @@ import json
 import os
 import secrets
 import socket
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -118,7 +119,7 @@ class PlanLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            owner = self._read(fd)
+            owner = self._live_owner(fd)
             os.close(fd)
             who = f"pid {owner.get('pid', '?')} on host {owner.get('host', '?')}"
             since = f" since {owner['since']}" if owner.get("since") else ""
@@ -159,6 +160,27 @@ class PlanLock:
             except ValueError:
                 continue
         return False
+
+    def _live_owner(self, fd: int) -> dict[str, Any]:
+        """The holder's record. A winner that has just taken the lock may not have
+        written it yet (the file still names a dead predecessor, or nothing): wait
+        briefly for a record naming a live process on this host."""
+        owner: dict[str, Any] = {}
+        for _ in range(40):
+            owner = self._read(fd)
+            pid, host = owner.get("pid"), owner.get("host")
+            if pid and host and host != socket.gethostname():
+                return owner
+            if isinstance(pid, int) and pid > 0:
+                try:
+                    os.kill(pid, 0)
+                    return owner
+                except ProcessLookupError:
+                    pass
+                except PermissionError:
+                    return owner
+            time.sleep(0.05)
+        return owner
 
     @staticmethod
     def _read(fd: int) -> dict[str, Any]:

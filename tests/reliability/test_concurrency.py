@@ -158,11 +158,6 @@ def test_stale_lock_of_a_killed_run_is_taken_over_by_exactly_one_of_five(tmp_pat
     assert len(list((tmp_path / "state" / "race").glob("*.events.jsonl"))) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug, reported: a run that loses the lock reads the owner record at once, before the "
-    "winner wrote it: it names the previous (dead) owner, or 'pid ? on host ?'",
-)
 def test_loser_names_the_live_holder_even_before_it_wrote_its_record(
     tmp_path: Path, fork_launcher: ForkLauncher
 ) -> None:
