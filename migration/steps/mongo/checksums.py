@@ -10,6 +10,7 @@ Documents are never decoded: the server's bytes are hashed as they arrive.
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +18,7 @@ from pymongo.database import Database
 
 # Raw batches are concatenated documents; a larger batch means fewer round trips.
 READ_BATCH_DOCS = 1000
+_LENGTH = struct.Struct("<I")
 
 
 def count_in_buffer(buffer: bytes | memoryview) -> int:
@@ -24,14 +26,16 @@ def count_in_buffer(buffer: bytes | memoryview) -> int:
 
     Raises ValueError if the buffer does not end exactly at a document boundary.
     """
-    view = memoryview(buffer)
+    # struct.unpack_from on the buffer itself: half the CPU of slicing a
+    # memoryview and int.from_bytes per document (bench/: backup profile).
+    unpack = _LENGTH.unpack_from
     position = 0
     count = 0
-    end = len(view)
+    end = len(buffer)
     while position < end:
         if end - position < 5:
             raise ValueError(f"{end - position} stray bytes after document {count}")
-        length = int.from_bytes(view[position : position + 4], "little")
+        length = unpack(buffer, position)[0]
         if length < 5 or position + length > end:
             raise ValueError(f"document {count} claims {length} bytes, {end - position} left")
         position += length

@@ -33,6 +33,7 @@ import hashlib
 import json
 import os
 import re
+import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -53,6 +54,8 @@ BACKUP_NAME = re.compile(r"^backup-\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}-\d{3}Z$")
 # A document may be 16 MiB plus a little; anything far beyond is a corrupt length.
 MAX_DOCUMENT_BYTES = 48_000_000
 GZIP_LEVEL = 6  # mongodump's (Go's default) level
+READ_CHUNK_BYTES = 1 << 20
+_LENGTH = struct.Struct("<I")  # a BSON document starts with its length, little-endian
 
 
 class DumpError(Exception):
@@ -128,34 +131,52 @@ def read_metadata(path: Path) -> dict[str, Any]:
 def iter_documents(path: Path) -> Iterator[bytes]:
     """The raw BSON documents of a ``.bson`` (or ``.bson.gz``) file, one at a time.
 
-    Memory stays at one document. A file that ends inside a document, or whose
-    framing is broken, raises DumpError naming the document and offset.
+    Memory stays at one read chunk (or one document, if larger). A file that ends
+    inside a document, or whose framing is broken, raises DumpError naming the
+    document and offset.
     """
+    # Read in chunks and cut documents out of them: one read() and one length
+    # decode per document cost 3x more CPU than this (bench/: restore profile).
     name = path.name
     count = 0
-    offset = 0
+    offset = 0  # file offset of buffer[position]
+    buffer = b""
+    position = 0
+    length = 0
     try:
         with open_for_reading(path) as handle:
             while True:
-                head = handle.read(4)
-                if not head:
-                    return
-                where = f"document {count + 1} at byte {offset}"
-                if len(head) < 4:
-                    raise DumpError(f"{name} is truncated: {where} is cut short")
-                length = int.from_bytes(head, "little")
-                if length < 5 or length > MAX_DOCUMENT_BYTES:
-                    raise DumpError(f"{name} is corrupt: {where} claims {length} bytes")
-                body = handle.read(length - 4)
-                if len(body) < length - 4:
+                available = len(buffer) - position
+                if available >= 4:
+                    length = _LENGTH.unpack_from(buffer, position)[0]
+                    if length < 5 or length > MAX_DOCUMENT_BYTES:
+                        where = f"document {count + 1} at byte {offset}"
+                        raise DumpError(f"{name} is corrupt: {where} claims {length} bytes")
+                    if available >= length:
+                        end = position + length
+                        if buffer[end - 1] != 0:
+                            where = f"document {count + 1} at byte {offset}"
+                            raise DumpError(f"{name} is corrupt: {where} does not end a BSON document")
+                        yield buffer[position:end]
+                        position = end
+                        count += 1
+                        offset += length
+                        continue
+                    wanted = length - available
+                else:
+                    wanted = 4 - available
+                chunk = handle.read(max(READ_CHUNK_BYTES, wanted))
+                if not chunk:
+                    if available == 0:
+                        return
+                    where = f"document {count + 1} at byte {offset}"
+                    if available < 4:
+                        raise DumpError(f"{name} is truncated: {where} is cut short")
                     raise DumpError(
-                        f"{name} is truncated: {where} needs {length} bytes, only {len(body) + 4} are left"
+                        f"{name} is truncated: {where} needs {length} bytes, only {available} are left"
                     )
-                if body[-1] != 0:
-                    raise DumpError(f"{name} is corrupt: {where} does not end a BSON document")
-                yield head + body
-                count += 1
-                offset += length
+                buffer = buffer[position:] + chunk
+                position = 0
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise DumpError(f"{name} is truncated or corrupt after {count} documents: {exc}") from exc
 
@@ -172,11 +193,19 @@ def scan_bson_file(path: Path) -> FileScan:
     hasher = hashlib.sha256()
     count = 0
     size = 0
+    pending: list[bytes] = []
     for document in iter_documents(path):
-        hasher.update(document)
-        count += 1
-        size += len(document)
-    return FileScan(count, size, hasher.hexdigest())
+        # One update per ~1,000 documents: per-document calls cost more than the hashing.
+        pending.append(document)
+        if len(pending) == 1024:
+            joined = b"".join(pending)
+            hasher.update(joined)
+            size += len(joined)
+            count += len(pending)
+            pending.clear()
+    joined = b"".join(pending)
+    hasher.update(joined)
+    return FileScan(count + len(pending), size + len(joined), hasher.hexdigest())
 
 
 class BsonWriter:

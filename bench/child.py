@@ -1,0 +1,333 @@
+#!/usr/bin/env python3
+"""One measured operation, in its own process: ``child.py OPERATION '<json arguments>'``.
+
+Prints one JSON line: ``seconds`` (the operation alone: imports and connecting
+are done before the clock starts), ``peak_rss_kb`` (this process's VmHWM, the
+high-water mark of its resident memory) and what the operation reports.
+
+Operations: ``noop`` (the memory floor: imports and a connection), ``read``
+(bare ``find_raw_batches`` in ``_id`` order, writing nothing), ``backup``
+(the ``mongo.backup`` step), ``mongodump``, ``restore`` (the ``mongo.restore``
+step), ``insert`` (bare ``insert_many`` of raw batches from a .bson file),
+``mongorestore``, ``transform`` (the ``mongo.transform`` step), ``naive`` (find,
+then ``update_one`` per document, as a hand-written script does),
+``update_many`` (one server-side statement), ``parallel_read`` (N threads
+reading disjoint ``_id`` ranges).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+PROJECT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT))
+
+import pymongo  # noqa: E402
+from bson.raw_bson import RawBSONDocument  # noqa: E402
+from pymongo import monitoring  # noqa: E402
+
+from migration.log import configure_logging  # noqa: E402
+from migration.recipes.bank_details import InvalidValue, split_swift_bic_iban  # noqa: E402
+from migration.steps.base import StepContext  # noqa: E402
+from migration.steps.mongo import checksums, restore  # noqa: E402
+from migration.steps.mongo.backup import MongoBackup  # noqa: E402
+from migration.steps.mongo.dumpfmt import iter_documents  # noqa: E402
+from migration.steps.mongo.restore import MongoRestore  # noqa: E402
+
+COLLECTION = "PropertyBankDetails"
+RECIPE = "migration.recipes.bank_details:split_swift_bic_iban"
+
+
+class CommandTimes(monitoring.CommandListener):
+    """Seconds spent waiting for each kind of server command (command monitoring).
+
+    ``count_documents`` is an ``aggregate``; a cursor is ``find`` then ``getMore``.
+    """
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.calls: dict[str, int] = {}
+
+    def _add(self, event: Any) -> None:
+        name = "find+getMore" if event.command_name in ("find", "getMore") else event.command_name
+        self.seconds[name] = self.seconds.get(name, 0.0) + event.duration_micros / 1e6
+        self.calls[name] = self.calls.get(name, 0) + 1
+
+    def started(self, event: Any) -> None:
+        pass
+
+    def succeeded(self, event: Any) -> None:
+        self._add(event)
+
+    def failed(self, event: Any) -> None:
+        self._add(event)
+
+    def summary(self) -> dict[str, Any]:
+        keep = {k: v for k, v in self.seconds.items() if v >= 0.005}
+        return {k: {"seconds": round(v, 3), "calls": self.calls[k]} for k, v in sorted(keep.items())}
+
+
+COMMANDS = CommandTimes()
+monitoring.register(COMMANDS)
+
+
+def peak_rss_kb() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def collection(url: str) -> Any:
+    client: pymongo.MongoClient[Any] = pymongo.MongoClient(url, serverSelectionTimeoutMS=10_000)
+    client.admin.command("ping")
+    return client.get_default_database()[COLLECTION]
+
+
+def op_noop(args: dict[str, Any]) -> dict[str, Any]:
+    collection(args["url"]).find_one({}, {"_id": 1})
+    return {}
+
+
+def op_read(args: dict[str, Any]) -> dict[str, Any]:
+    coll = collection(args["url"])
+    started = time.perf_counter()
+    size = count = 0
+    for batch in coll.find_raw_batches(sort=[("_id", 1)], batch_size=args.get("batch_size", 1000)):
+        size += len(batch)
+        count += checksums.count_in_buffer(batch)
+    return {"seconds": time.perf_counter() - started, "bytes": size, "docs": count}
+
+
+def op_count(args: dict[str, Any]) -> dict[str, Any]:
+    """One exact ``count_documents({})``, as the backup takes before and after its dump."""
+    coll = collection(args["url"])
+    started = time.perf_counter()
+    count = coll.count_documents({})
+    return {"seconds": time.perf_counter() - started, "docs": count}
+
+
+def op_lookup(args: dict[str, Any]) -> dict[str, Any]:
+    """Median latency of one ``_id``-keyed statement: what every per-document write pays.
+
+    ``seconds`` is ``find_one({_id})``; also ``update_one({_id})`` and the guarded form
+    ``mongo.transform`` sends (``{_id, field: value-read}``). Touches a scratch field.
+    """
+    coll = collection(args["url"])
+    limit = int(args.get("samples", 30))
+    docs = list(coll.find({}, {"_id": 1, "account_holder_name": 1}, sort=[("_id", 1)], limit=limit))
+
+    def median_of(statement: Any) -> float:
+        latencies = []
+        for number, doc in enumerate(docs):
+            started = time.perf_counter()
+            statement(number, doc)
+            latencies.append(time.perf_counter() - started)
+        return sorted(latencies)[len(latencies) // 2]
+
+    found = median_of(lambda n, d: coll.find_one({"_id": d["_id"]}))
+    plain = median_of(lambda n, d: coll.update_one({"_id": d["_id"]}, {"$set": {"bench_touch": n}}))
+    guarded = median_of(
+        lambda n, d: coll.update_one(
+            {"_id": d["_id"], "account_holder_name": d.get("account_holder_name")},
+            {"$set": {"bench_touch": -n}},
+        )
+    )
+    return {
+        "seconds": found,
+        "update_one_ms": round(plain * 1000, 2),
+        "guarded_update_one_ms": round(guarded * 1000, 2),
+        "samples": len(docs),
+    }
+
+
+def op_parallel_read(args: dict[str, Any]) -> dict[str, Any]:
+    """``workers`` threads each reading one ``_id`` range, as a parallel dump would."""
+    coll = collection(args["url"])
+    workers = int(args["workers"])
+    ids = [d["_id"] for d in coll.find({}, {"_id": 1}, sort=[("_id", 1)])]
+    bounds = [ids[len(ids) * k // workers] for k in range(workers)] + [None]
+    sizes = [0] * workers
+    started = time.perf_counter()
+
+    def read(k: int) -> None:
+        query: dict[str, Any] = {"_id": {"$gte": bounds[k]}}
+        if bounds[k + 1] is not None:
+            query["_id"]["$lt"] = bounds[k + 1]
+        for batch in coll.find_raw_batches(query, sort=[("_id", 1)], batch_size=1000):
+            sizes[k] += len(batch)
+
+    threads = [threading.Thread(target=read, args=(k,)) for k in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return {"seconds": time.perf_counter() - started, "bytes": sum(sizes)}
+
+
+def op_backup(args: dict[str, Any]) -> dict[str, Any]:
+    if args.get("batch_size"):
+        checksums.READ_BATCH_DOCS = int(args["batch_size"])
+    out = Path(args["out"])
+    params = MongoBackup.Params(uri=args["url"], out=str(out), verify=args.get("verify", "counts"))
+    ctx = StepContext(step_id="backup", params=params, workdir=out)
+    started = time.perf_counter()
+    outputs = MongoBackup().run(ctx)
+    seconds = time.perf_counter() - started
+    if not args.get("keep"):
+        shutil.rmtree(outputs["path"], ignore_errors=True)
+    return {
+        "seconds": seconds,
+        "bytes": outputs["bytes"],
+        "docs": outputs["total_records"],
+        "path": outputs["path"],
+    }
+
+
+def op_mongodump(args: dict[str, Any]) -> dict[str, Any]:
+    out = Path(args["out"]) / f"mongodump-{os.getpid()}"
+    started = time.perf_counter()
+    subprocess.run(
+        ["mongodump", f"--uri={args['url']}", f"--collection={COLLECTION}", f"--out={out}"],
+        check=True,
+        capture_output=True,
+    )
+    seconds = time.perf_counter() - started
+    size = sum(p.stat().st_size for p in out.rglob("*.bson"))
+    if not args.get("keep"):
+        shutil.rmtree(out, ignore_errors=True)
+    return {"seconds": seconds, "bytes": size, "path": str(out)}
+
+
+def op_restore(args: dict[str, Any]) -> dict[str, Any]:
+    if args.get("batch_size"):
+        restore.INSERT_BATCH_DOCS = int(args["batch_size"])
+    params = MongoRestore.Params.model_validate(
+        {"uri": args["url"], "from": args["from"], "drop": True, "allow_other_database": True}
+    )
+    ctx = StepContext(step_id="restore", params=params, workdir=Path(args["from"]))
+    started = time.perf_counter()
+    outputs = MongoRestore().run(ctx)
+    seconds = time.perf_counter() - started
+    manifest = json.loads((Path(args["from"]) / "backup-manifest.json").read_text())
+    return {"seconds": seconds, "docs": outputs["total"], "bytes": manifest["totalBytes"]}
+
+
+def op_insert(args: dict[str, Any]) -> dict[str, Any]:
+    """What restore does minus the checks: drop, then ``insert_many`` of raw batches."""
+    coll = collection(args["url"])
+    coll.drop()
+    size = int(args.get("batch_size", restore.INSERT_BATCH_DOCS))
+    started = time.perf_counter()
+    batch: list[RawBSONDocument] = []
+    count = total_bytes = 0
+    for raw in iter_documents(Path(args["file"])):
+        batch.append(RawBSONDocument(raw))
+        total_bytes += len(raw)
+        if len(batch) >= size:
+            coll.insert_many(batch, ordered=True)
+            count += len(batch)
+            batch = []
+    if batch:
+        coll.insert_many(batch, ordered=True)
+        count += len(batch)
+    return {"seconds": time.perf_counter() - started, "docs": count, "bytes": total_bytes}
+
+
+def op_mongorestore(args: dict[str, Any]) -> dict[str, Any]:
+    started = time.perf_counter()
+    subprocess.run(
+        ["mongorestore", f"--uri={args['url']}", "--drop", f"--nsInclude=*.{COLLECTION}", args["from"]],
+        check=True,
+        capture_output=True,
+    )
+    return {"seconds": time.perf_counter() - started}
+
+
+def op_transform(args: dict[str, Any]) -> dict[str, Any]:
+    from migration.steps.mongo.transform import MongoTransform
+
+    log_dir = Path(args["log_dir"])
+    params = MongoTransform.Params(
+        uri=args["url"],
+        collection=COLLECTION,
+        function=RECIPE,
+        batch_size=int(args.get("batch_size", 500)),
+        log_dir=str(log_dir),
+    )
+    ctx = StepContext(step_id="transform", params=params, workdir=log_dir)
+    started = time.perf_counter()
+    outputs = MongoTransform().run(ctx)
+    seconds = time.perf_counter() - started
+    keys = ("total", "migrated", "skipped", "invalid", "errors", "conflicts")
+    return {"seconds": seconds, **{k: outputs.get(k) for k in keys}}
+
+
+def op_naive(args: dict[str, Any]) -> dict[str, Any]:
+    """The script one writes by hand: read each document, compute, ``update_one`` it."""
+    coll = collection(args["url"])
+    started = time.perf_counter()
+    migrated = invalid = 0
+    for document in coll.find({}):
+        try:
+            update = split_swift_bic_iban(document)
+        except InvalidValue:
+            invalid += 1
+            continue
+        if update:
+            coll.update_one({"_id": document["_id"]}, update)
+            migrated += 1
+    return {"seconds": time.perf_counter() - started, "migrated": migrated, "invalid": invalid}
+
+
+EMPTY_VALUES = {"$in": [None, ""]}  # null also matches a missing field
+
+
+def op_update_many(args: dict[str, Any]) -> dict[str, Any]:
+    """One server-side statement: the empty values only, or every document (the write floor)."""
+    coll = collection(args["url"])
+    update = {
+        "$set": {"iban_number": None, "swift_bic_number": None},
+        "$unset": {"swift_bic_iban": ""},
+    }
+    query = {"swift_bic_iban": EMPTY_VALUES} if args["which"] == "empty" else {}
+    started = time.perf_counter()
+    result = coll.update_many(query, update)
+    return {"seconds": time.perf_counter() - started, "migrated": result.modified_count}
+
+
+OPERATIONS = {
+    name.removeprefix("op_"): value
+    for name, value in dict(globals()).items()
+    if name.startswith("op_") and callable(value)
+}
+
+
+def main() -> int:
+    operation, arguments = sys.argv[1], json.loads(sys.argv[2] if len(sys.argv) > 2 else "{}")
+    configure_logging("json", arguments.get("log_level", "warning"))
+    cpu = time.process_time()
+    result = OPERATIONS[operation](arguments)
+    result["cpu_seconds"] = round(time.process_time() - cpu, 4)
+    if operation in ("backup", "restore", "transform"):
+        result["server_commands"] = COMMANDS.summary()
+    result.setdefault("seconds", 0.0)
+    result["peak_rss_kb"] = peak_rss_kb()
+    print(json.dumps(result, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
