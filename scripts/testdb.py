@@ -152,6 +152,36 @@ class Server:
             )
 
 
+# FerretDB 1.24 pushes {_id: X} down as `_jsonb->'_id' @> X`, which its own btree
+# index on `_jsonb->'_id'` cannot answer: every lookup by _id (each guarded update
+# of mongo.transform) is then a sequential scan, and a transform is quadratic in
+# the collection size. A GIN index on the same expression answers `@>`; this
+# event trigger adds one to every collection FerretDB creates. It makes the test
+# server find documents by _id through an index, as MongoDB does.
+ID_LOOKUP_INDEX_SQL = """
+CREATE OR REPLACE FUNCTION ferretdb_id_gin() RETURNS event_trigger LANGUAGE plpgsql AS $$
+DECLARE
+  cmd record;
+  idx record;
+BEGIN
+  FOR cmd IN SELECT * FROM pg_event_trigger_ddl_commands() WHERE command_tag = 'CREATE INDEX' LOOP
+    SELECT c.relname, i.indrelid::regclass AS tbl INTO idx
+      FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+     WHERE i.indexrelid = cmd.objid AND i.indisunique
+       AND pg_get_indexdef(i.indexrelid) LIKE '%((_jsonb -> ''_id''::text))%';
+    IF FOUND THEN
+      EXECUTE format(
+        'CREATE INDEX %I ON %s USING gin ((_jsonb -> ''_id'') jsonb_path_ops) WITH (fastupdate = off)',
+        left(idx.relname, 59) || '_gin', idx.tbl);
+    END IF;
+  END LOOP;
+END $$;
+DROP EVENT TRIGGER IF EXISTS ferretdb_id_gin;
+CREATE EVENT TRIGGER ferretdb_id_gin ON ddl_command_end WHEN TAG IN ('CREATE INDEX')
+  EXECUTE FUNCTION ferretdb_id_gin();
+"""
+
+
 def _start_postgres(directory: Path) -> tuple[Path, str]:
     """A private PostgreSQL cluster listening only on a Unix socket in ``directory``."""
     data = directory / "pgdata"
@@ -201,6 +231,16 @@ def _start_postgres(directory: Path) -> tuple[Path, str]:
     )
     if created.returncode != 0 and "already exists" not in created.stderr:
         raise SystemExit(f"testdb: createdb failed: {created.stderr.strip()}")
+    indexed = subprocess.run(
+        _as_pg_user(
+            [_pg_bin("psql"), "-h", str(sock), "-U", "postgres", "-d", "ferretdb", "-v", "ON_ERROR_STOP=1",
+             "-q", "-c", ID_LOOKUP_INDEX_SQL]
+        ),
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    if indexed.returncode != 0:
+        raise SystemExit(f"testdb: installing the _id lookup index trigger failed: {indexed.stderr.strip()}")
     return data, f"postgres://postgres@/ferretdb?host={sock}"
 
 

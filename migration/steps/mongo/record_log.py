@@ -46,7 +46,7 @@ class RecordLog:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file: IO[bytes]
-        if resume_offset is not None and path.exists():
+        if resume_offset and path.exists():
             self._file = open(path, "r+b")  # noqa: SIM115 - closed by close()
             self._file.truncate(resume_offset)
             self._file.seek(resume_offset)

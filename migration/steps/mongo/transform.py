@@ -227,23 +227,23 @@ class _Run:
         last = None if saved.get("last_id") is None else decode_id(saved["last_id"])
         counters = {k: int(saved["counters"].get(k, 0)) for k in COUNTERS}
         log = Path(saved["log"]) if saved.get("log") else None
-        if log is not None and not log.exists():
+        offset = int(saved.get("log_offset") or 0)
+        if log is not None and not log.exists() and offset:
             self.ctx.log.warning("the log of the interrupted attempt is gone; starting a new one")
             log = None
-        offset = saved.get("log_offset") if log is not None else None
-        return last, counters, log, None if offset is None else int(offset)
+        return last, counters, log, offset if log is not None else None
 
     def execute(self) -> dict[str, Any]:
         ctx, params = self.ctx, self.params
         last_id, counters, log_path, offset = self._resume()
         ferretdb = server_info(self.db.client)["ferretdb"]
         writer = GuardedWriter(self.collection, ferretdb, ctx.redact, ctx.check_stop)
-        fresh = log_path is None
-        log_path = log_path or new_path(ctx.path(params.log_dir), "migration-log")
-        log = RecordLog(log_path, offset)
-        if fresh:
-            # Names the log (and its in-flight journal) for a crash in the first batch.
+        if log_path is None:
+            log_path = new_path(ctx.path(params.log_dir), "migration-log")
+            # Names the log (and its in-flight journal) for a crash in the first
+            # batch; recorded before the file exists, so a crash leaves no orphan.
             self._progress(last_id, counters, log_path, 0)
+        log = RecordLog(log_path, offset)
         remaining = self.collection.count_documents(_query(params.filter, last_id))
         ctx.log.info(
             "transform resumed" if last_id is not None or counters["total"] else "transform started",
