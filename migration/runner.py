@@ -367,9 +367,9 @@ class Runner(RollbackDriver):
             return self._step_failed(spec, st, f"with.{where}: {first['msg']} (after rendering)")
 
         mark = f"{self.state['run_id']}/{spec.id}"
-        if st["status"] in ("running", "interrupted") and spec.uses != "process.start":
-            # Re-run from the start, but never next to what the dead attempt still runs.
-            # (process.start leaves its service running on purpose.)
+        if st["status"] in ("running", "interrupted"):
+            # Re-run from the start, but never next to what the dead attempt still runs
+            # (for process.start: a service it started but never recorded as its output).
             leftovers = leftover_processes(mark)
             if leftovers:
                 log.warning("stopping leftovers of the interrupted attempt", step=spec.id, pids=leftovers)

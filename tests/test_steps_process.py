@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -154,12 +155,50 @@ def test_start_interrupted_while_waiting_stops_the_process(tmp_path: Path) -> No
         ),
         workdir=tmp_path,
     )
-    import threading
-
     threading.Timer(0.8, ctx.stop_flag.set).start()
     with pytest.raises(Interrupted):
         ProcessStart().run(ctx)
     assert wait_dead(int(pidfile.read_text()))
+
+
+def test_start_records_the_service_before_it_is_ready_and_a_rerun_stops_it(
+    tmp_path: Path, cleanup: list[int]
+) -> None:
+    """A migration killed while the service gets ready: the next attempt stops that one first."""
+    port = free_port()
+    recorded: list[dict[str, Any]] = []
+    ctx = StepContext(
+        step_id="app",
+        params=ProcessStart.Params(
+            command=["sleep", "60"], ready_url=f"http://127.0.0.1:{port}/", ready_timeout=30
+        ),
+        workdir=tmp_path,
+        on_progress=recorded.append,
+    )
+    threading.Timer(0.5, ctx.stop_flag.set).start()
+    # The durable record is written before the wait; an interrupt (unlike SIGKILL) stops it itself.
+    with pytest.raises(Interrupted):
+        ProcessStart().run(ctx)
+    assert recorded and recorded[0]["pid"] > 0 and recorded[0]["start_time"] is not None
+
+    # As if the first attempt had been SIGKILLed: its service (started without the
+    # step's environment mark, as a daemon that cleans its environment would be) runs on.
+    first = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    cleanup.append(first.pid)
+    stat = read_stat(first.pid)
+    assert stat is not None
+    earlier = {"pid": first.pid, "pgid": first.pid, "start_time": stat[2], "boot_id": recorded[0]["boot_id"]}
+    rerun = StepContext(
+        step_id="app",
+        params=ProcessStart.Params(command=["sleep", "60"], settle=0.2),
+        workdir=tmp_path,
+        resume=earlier,
+    )
+    outputs = ProcessStart().run(rerun)
+    cleanup.append(outputs["pgid"])
+    first.wait(timeout=10)
+    assert first.returncode == -signal.SIGTERM, "the earlier attempt's service was left running"
+    assert alive(outputs["pid"]) and outputs["pid"] != first.pid
 
 
 def test_started_process_survives_the_migration_process_exiting(tmp_path: Path, cleanup: list[int]) -> None:

@@ -152,6 +152,7 @@ class ProcessStart(Step["ProcessStart.Params"]):
         log_path = ctx.path(p.log) if p.log else default_log_path(ctx)
         shown = ctx.redact(command_text(p.command))
         argv = build_argv(p.command, p.shell)
+        self._stop_earlier_attempt(ctx)
         if p.ready_url:
             # Something already answering would make "ready" a lie (an old
             # instance still shutting down, another service on the port).
@@ -199,6 +200,9 @@ class ProcessStart(Step["ProcessStart.Params"]):
             "started_at": stamp,
         }
         ctx.log.info("process started", pid=child.pid, command=shown, log=str(log_path))
+        # Durable before the wait: a migration killed while the service gets ready leaves
+        # a record of it, and the next attempt stops it before starting another.
+        ctx.progress(**{k: outputs[k] for k in ("pid", "pgid", "start_time", "boot_id")})
         try:
             self._wait_until_up(ctx, child, log_path, outputs)
         except BaseException:
@@ -206,6 +210,28 @@ class ProcessStart(Step["ProcessStart.Params"]):
             terminate_group(child.pid, TERM_GRACE_SECONDS, child)
             raise
         return outputs
+
+    @staticmethod
+    def _stop_earlier_attempt(ctx: StepContext[ProcessStart.Params]) -> None:
+        """Stop the service an interrupted attempt of this step started and never returned.
+
+        The runner already stops what carries this step's ``MIGRATION_STEP`` mark; this
+        also covers a service that rewrote its environment (pid and start time match).
+        """
+        earlier = ctx.resume
+        if "pid" not in earlier:
+            return
+        verdict, _ = _identify(earlier)
+        if verdict == "gone":
+            return
+        pgid = int(earlier.get("pgid") or earlier["pid"])
+        ctx.log.warning("stopping the service an interrupted attempt started", pid=earlier["pid"])
+        terminate_group(pgid, TERM_GRACE_SECONDS, None)
+        if group_members(pgid):
+            raise StepError(
+                f"the service an interrupted attempt started (process group {pgid}) does not stop; "
+                f"stop it first (ps -o pid,stat,cmd -g {pgid})"
+            )
 
     def _wait_until_up(
         self,

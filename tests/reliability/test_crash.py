@@ -241,12 +241,6 @@ def test_sigkill_vnp_plan_at_sampled_boundaries_and_inside_backup_and_transform(
     _chain(scenario, tmp_path, fork_launcher, context, points, signal.SIGKILL)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug, reported: process.start records the service it started only when it returns; "
-    "a migration killed while the service starts leaves it running untracked, and the resumed "
-    "run starts a second one",
-)
 def test_sigkill_while_a_service_starts_leaves_no_untracked_service(
     tmp_path: Path, fork_launcher: ForkLauncher, context: Context
 ) -> None:
