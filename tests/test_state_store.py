@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import assert_no_traceback, cli_env, current_run_id, lines_of, migration, write_plan
@@ -23,6 +24,7 @@ from migration.state import StateStore, atomic_write
 WRITER = """
 import sys
 from pathlib import Path
+from typing import Any
 from migration.state import StateStore
 
 store = StateStore(Path(sys.argv[1]), "atomic")
@@ -31,7 +33,9 @@ i = 0
 while True:
     i += 1
     # Big enough that one write takes many syscalls; each version differs in size.
-    store.save({"run_id": "run", "status": "running", "plan_digest": "x", "phases": [],
+    store.save({"run_id": "run", "status": "running", "plan_digest": "x", "plan_name": "atomic",
+                "started_at": "2025-01-01T00:00:00.000Z", "phases": [],
+                "rollback": {"status": None, "steps": []},
                 "counter": i, "padding": "x" * (200_000 + (i % 7) * 10_000)})
     if i == 3:
         print("writing", flush=True)
@@ -220,3 +224,93 @@ def test_state_dir_that_is_a_file_is_a_clear_error(tmp_path: Path) -> None:
     assert_no_traceback(result)
     assert "state" in result.stderr and "is a file" in result.stderr
     assert not (tmp_path / "log.txt").exists()
+
+
+_DELETE = object()
+
+
+def _edit(state: dict[str, Any], path: list[Any], value: Any) -> None:
+    """Set (or delete) the value at ``path`` in a state document."""
+    for key in path[:-1]:
+        state = state[key]
+    if value is _DELETE:
+        del state[path[-1]]
+    else:
+        state[path[-1]] = value
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "says"),
+    [
+        (["phases"], {"only": []}, "phases is an object, not a list"),
+        (["phases", 0, "steps"], "first,second", "phases[0].steps is a string, not a list"),
+        (["phases", 0, "steps", 1], "second", "phases[0].steps[1] is a string, not an object"),
+        (["phases", 0, "steps", 0, "id"], _DELETE, "phases[0].steps[0] has no id"),
+        (
+            ["phases", 0, "steps", 1, "attempts"],
+            "1",
+            "phases[0].steps[1].attempts is a string, not an integer",
+        ),
+        (["phases", 0, "steps", 1, "outputs"], [], "phases[0].steps[1].outputs is a list, not an object"),
+        (
+            ["phases", 0, "steps", 1, "status"],
+            "done",
+            'phases[0].steps[1].status "done" is not one of failed,',
+        ),
+        (["phases", 0, "status"], None, "phases[0].status null is not one of failed, pending, running,"),
+        (["phases", 0, "checkpoint", "results"], [1], "phases[0].checkpoint.results[0] is an integer"),
+        (["status"], "exploded", 'status "exploded" is not one of abandoned, failed, interrupted,'),
+        (["status"], ["failed"], 'status ["failed"] is not one of'),
+        (["error"], "boom", "error is a string, not an object"),
+        (["started_at"], 1700000000, "started_at is an integer, not a string"),
+        (["needs_operator"], "no", "needs_operator is a string, not a boolean"),
+        (["rollback"], None, "rollback is null"),
+        (["rollback", "steps"], {}, "rollback.steps is an object, not a list"),
+        (
+            ["rollback", "status"],
+            "done",
+            'rollback.status "done" is not one of failed, running, succeeded or null',
+        ),
+        (["plan_digest"], _DELETE, "missing plan_digest"),
+        (["run_id"], "other", 'its run_id "other" is not its file name\'s'),
+    ],
+)
+def test_state_file_of_the_wrong_shape_is_a_clear_error(
+    tmp_path: Path, failed_run: Path, path: list[Any], value: Any, says: str
+) -> None:
+    state = json.loads(failed_run.read_text())
+    assert len(state["phases"][0]["steps"]) == 2
+    _edit(state, path, value)
+    failed_run.write_text(json.dumps(state))
+
+    with pytest.raises(StateError) as caught:
+        StateStore(tmp_path / "state", "damaged-demo").load_current()
+
+    message = str(caught.value)
+    assert message.startswith(f"state file {failed_run} is not a migration state ("), message
+    assert says in message, message
+    assert message.endswith(
+        "Repair it, or set it aside and start a new run with: migration abandon damaged-demo"
+    )
+
+
+def test_journal_entry_of_the_wrong_shape_is_a_clear_error(tmp_path: Path, failed_run: Path) -> None:
+    journal = failed_run.with_name(f"{failed_run.stem}.journal.jsonl")
+    step = json.loads(failed_run.read_text())["phases"][0]["steps"][1]
+    journal.write_text(
+        json.dumps({"seq": 1, "step": {**step, "status": "succeeded"}})
+        + "\n"
+        + json.dumps({"seq": 2, "step": {"id": "second", "status": "succeeded"}})
+        + "\n"
+    )
+    with pytest.raises(StateError) as caught:
+        StateStore(tmp_path / "state", "damaged-demo").load_current()
+    message = str(caught.value)
+    assert message.startswith(f"journal {journal} of the state file, line 2: step has no uses, attempts;")
+    assert message.endswith("migration abandon damaged-demo")
+
+    # A torn last line is a write that never completed: ignored, as before.
+    journal.write_text(journal.read_text().splitlines()[0] + "\n" + '{"seq": 2, "step": {"id": "sec')
+    state = StateStore(tmp_path / "state", "damaged-demo").load_current()
+    assert state is not None and state["phases"][0]["steps"][1]["status"] == "succeeded"
+    assert state["journal_seq"] == 1

@@ -199,11 +199,6 @@ def test_sigkill_each_point_in_its_own_run(
 
 
 @pytest.mark.mongo
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug, reported: mongo.restore's progress forgets collections an earlier attempt restored, "
-    "so a restore (drop: false) killed twice refuses its own half-done work",
-)
 def test_restore_killed_twice_resumes_without_refusing_its_own_collections(
     tmp_path: Path, fork_launcher: ForkLauncher, context: Context
 ) -> None:

@@ -215,12 +215,6 @@ def test_unreadable_state_file_is_a_clear_error_for_every_command(
     _check_commands(tmp_path, path, COMMANDS)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug, reported: StateStore.load checks only that keys exist; a state file of the wrong "
-    "shape gives 'internal error: TypeError/KeyError' (or a bare 'unknown run status') instead of "
-    "saying to repair it or run migration abandon",
-)
 @pytest.mark.parametrize("damage", WRONG_SHAPE)
 def test_state_file_of_the_wrong_shape_is_a_clear_error(
     damage: str, stopped_run: Path, tmp_path: Path

@@ -189,7 +189,15 @@ def verify_restored(
 
     Returns (``counts+checksums`` or ``counts``, counts found, problems).
     """
-    problems: list[str] = []
+    verified, found, problems = _verify_each(db, chosen, file_counts)
+    return verified, found, list(problems.values())
+
+
+def _verify_each(
+    db: Database[Any], chosen: list[DumpedCollection], file_counts: dict[str, int]
+) -> tuple[str, dict[str, int], dict[str, str]]:
+    """:func:`verify_restored`, with the problems by collection name."""
+    problems: dict[str, str] = {}
     found: dict[str, int] = {}
     with_checksums = all(d.checksum is not None for d in chosen)
     for dumped in chosen:
@@ -197,10 +205,15 @@ def verify_restored(
         found[dumped.name] = count
         expected = dumped.count if dumped.count is not None else file_counts[dumped.name]
         if count != expected:
-            problems.append(f"{dumped.name} has {count} documents, the dump {expected}")
+            problems[dumped.name] = f"{dumped.name} has {count} documents, the dump {expected}"
         elif dumped.checksum is not None and checksum != dumped.checksum:
-            problems.append(f"{dumped.name} differs from the backup (checksum mismatch)")
+            problems[dumped.name] = f"{dumped.name} differs from the backup (checksum mismatch)"
     return ("counts+checksums" if with_checksums else "counts"), found, problems
+
+
+def _names(value: Any) -> list[str]:
+    """A list of collection names from saved progress (anything else: none)."""
+    return [v for v in value if isinstance(v, str) and v] if isinstance(value, list) else []
 
 
 @register
@@ -286,9 +299,21 @@ class MongoRestore(Step["MongoRestore.Params"]):
             names = {d.name for d in chosen}
             existing = set(db.list_collection_names())
             left_alone = sorted(n for n in existing - names if not n.startswith("system."))
-            # An earlier attempt of this step may have been interrupted half-way.
+            # Earlier attempts of this step (killed, interrupted or failed) recorded in their
+            # progress the collections they restored whole (``done``: kept, not redone), the
+            # one they were writing (``current``) and any they had left half-written
+            # (``partial``): those are restored anew. Each attempt carries all of it forward,
+            # so after any number of kills the step knows every collection whose data it
+            # wrote itself, and only those.
             resumed = ctx.resume if ctx.resume.get("source") == str(source.folder) else {}
-            ours = set(resumed.get("done", [])) | {resumed.get("current")}
+            done = {n for n in _names(resumed.get("done")) if n in names and n in existing}
+            partial = set(_names([resumed.get("current"), *_names(resumed.get("partial"))])) & names - done
+            ours = done | partial
+            saved: Any = resumed.get("indexes")
+            indexes: dict[str, list[str]] = (
+                {n: _names(saved[n]) for n in sorted(done) if n in saved} if isinstance(saved, dict) else {}
+            )
+            dropped = _names(resumed.get("dropped"))
             if not params.drop:
                 busy = [
                     f"{n} ({db[n].estimated_document_count()} documents)"
@@ -302,19 +327,36 @@ class MongoRestore(Step["MongoRestore.Params"]):
                     )
             if left_alone:
                 ctx.log.info("restore", left_alone=left_alone)
-            restored: dict[str, int] = {}
-            indexes: dict[str, list[str]] = {}
-            dropped: list[str] = []
+            if ours:
+                ctx.log.info("restore resumed", kept=sorted(done), redone=sorted(partial))
+            restored: dict[str, int] = {n: file_counts[n] for n in sorted(done)}
+
+            def record(current: str) -> None:
+                ctx.progress(
+                    source=str(source.folder),
+                    done=sorted(restored),
+                    current=current,
+                    partial=sorted(partial),
+                    indexes=indexes,
+                    dropped=dropped,
+                )
+
             current = ""
             try:
                 with ctx.progress_bar("restoring", sum(file_counts.values()) or None) as bar:
                     for dumped in chosen:
                         ctx.check_stop()
+                        if dumped.name in done:
+                            bar.advance(file_counts[dumped.name])  # restored whole by an earlier attempt
+                            continue
                         current = dumped.name
-                        ctx.progress(source=str(source.folder), done=sorted(restored), current=current)
-                        if (params.drop or dumped.name in ours) and dumped.name in existing:
+                        partial.discard(current)
+                        replace = dumped.name in existing and (params.drop or dumped.name in ours)
+                        if replace and dumped.name not in ours and dumped.name not in dropped:
+                            dropped.append(dumped.name)  # data from before the restore (drop: true)
+                        record(current)  # durable before the collection is touched
+                        if replace:
                             db.drop_collection(dumped.name)
-                            dropped.append(dumped.name)
                         if params.tool == "mongorestore":
                             argv = [tool, f"--uri={params.uri}", f"--collection={dumped.name}"]
                             argv += ["--gzip"] if dumped.bson.name.endswith(".gz") else []
@@ -335,14 +377,21 @@ class MongoRestore(Step["MongoRestore.Params"]):
                 half_done = self._half_done(ctx, exc, restored, current, chosen)
                 ctx.log.warning("restore interrupted", state=str(half_done))
                 raise
-            ctx.progress(source=str(source.folder), done=sorted(restored), current="")
+            record("")
             with ctx.progress_bar("verifying", len(chosen)):
-                verified, found, problems = verify_restored(db, chosen, file_counts)
+                verified, found, mismatched = _verify_each(db, chosen, file_counts)
+            problems = list(mismatched.values())
+            if mismatched:
+                # No longer vouched for (written to since?): a later attempt must not take
+                # them for its own. Without drop it refuses them; with drop it replaces them.
+                for name in mismatched:
+                    restored.pop(name, None)
+                record("")
             outputs: dict[str, Any] = {
                 "restored": found,
                 "total": sum(found.values()),
                 "verified": verified,
-                "dropped": dropped,
+                "dropped": sorted(dropped),
                 "left_alone": left_alone,
                 "indexes": indexes,
                 "database": db.name,
@@ -372,7 +421,10 @@ class MongoRestore(Step["MongoRestore.Params"]):
         parts.append(f"{current} is half-restored")
         if todo:
             parts.append(f"not restored yet: {', '.join(todo)}")
-        parts.append("run the restore again with drop: true")
+        parts.append(
+            "run the restore again: it keeps the collections it restored and restores the others "
+            "(the half-restored one anew)"
+        )
         return StepError("; ".join(parts), outputs={"restored": restored, "verified": "none"})
 
     def preview(self, ctx: StepContext[MongoRestore.Params]) -> str:
