@@ -112,13 +112,17 @@ class Runner(RollbackDriver):
         if was and self.stop_flag.is_set():
             raise Interrupted(f"interrupted by {self.stop_flag.signal_name}")
 
-    def persist(self, step: dict[str, Any] | None = None) -> None:
-        """Make the state durable; a change confined to ``step`` may go to the journal."""
+    def persist(self, step: dict[str, Any] | None = None, *, durable: bool = True) -> None:
+        """Make the state durable; a change confined to ``step`` may go to the journal.
+
+        ``durable=False`` (a step's end): written at once, made durable by the next
+        persist, which always precedes the next action (see ``StateStore.save_step``).
+        """
         with self._critical():
             if step is None:
                 self.store.save(self.state)
             else:
-                self.store.save_step(self.state, step)
+                self.store.save_step(self.state, step, durable=durable)
 
     def event(self, name: str, **fields: Any) -> None:
         self.events.emit(name, run_id=self.state["run_id"], **fields)
@@ -345,7 +349,7 @@ class Runner(RollbackDriver):
             if not go:
                 st["status"] = "skipped"
                 st["reason"] = f"when: {spec.when} is false"
-                self.persist(st)
+                self.persist(st, durable=False)
                 self.event("step", step=spec.id, dest="skipped", reason=st["reason"])
                 log.info("step skipped", step=spec.id, reason=st["reason"])
                 return True
@@ -429,7 +433,7 @@ class Runner(RollbackDriver):
             if error is None:
                 st["status"] = "succeeded"
                 st.pop("progress", None)
-                self.persist(st)
+                self.persist(st, durable=False)
                 self.event(
                     "step", step=spec.id, phase=phase_id, dest="succeeded", duration_s=st["duration_s"]
                 )

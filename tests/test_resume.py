@@ -249,3 +249,39 @@ def test_resume_with_nothing_to_resume_exits_2(tmp_path: Path, plan: Path) -> No
     assert finished.returncode == 2
     assert "no unfinished run" in finished.stderr
     assert lines_of(tmp_path / "log.txt") == STEPS
+
+
+def test_a_big_plan_killed_mid_run_loses_nothing_from_its_journal(tmp_path: Path) -> None:
+    """Over 64 KB of state, step changes go to an append-only journal, a step's end without
+    its own fdatasync: a SIGKILL mid-run loses none of them, and nothing done runs again."""
+    lines = ["name: big", "phases:", "  - id: only", "    steps:"]
+    for i in range(400):
+        if i == 250:  # appends, then SIGKILLs migration itself, the first time only
+            command = "echo killer >> log.txt; [ -e killed ] || { touch killed; kill -9 $PPID; }"
+        elif i % 50 == 0:
+            command = f"echo s{i} >> log.txt"
+        else:
+            lines.append(f"      - {{id: s{i:03d}, uses: sleep, with: {{seconds: 0}}}}")
+            continue
+        lines.append(f'      - {{id: s{i:03d}, uses: shell, with: {{command: "{command}", shell: true}}}}')
+    write_plan(tmp_path / "plan.yaml", "\n".join(lines) + "\n")
+
+    first = migration(tmp_path, "run", "plan.yaml", "--state-dir", "state", timeout=120)
+    assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
+    run_id = current_run_id(tmp_path / "state", "big")
+    journal = tmp_path / "state" / "big" / f"{run_id}.journal.jsonl"
+    assert journal.stat().st_size > 0, "the big state was not journaled: this test tests nothing"
+
+    second = migration(tmp_path, "run", "plan.yaml", "--state-dir", "state", timeout=120)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert current_run_id(tmp_path / "state", "big") == run_id
+    # Every step done before the kill ran once; only the killed one ran again.
+    assert lines_of(tmp_path / "log.txt") == [f"s{i}" for i in range(0, 250, 50)] + [
+        "killer",
+        "killer",
+        "s300",
+        "s350",
+    ]
+    states = step_states(load_state(tmp_path / "state", "big"))
+    assert all(s["status"] == "succeeded" for s in states.values())
+    assert states["s249"]["attempts"] == 1 and states["s250"]["attempts"] == 2
