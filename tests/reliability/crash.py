@@ -64,6 +64,7 @@ class Kill:
     done: set[str]
     running: set[str]
     landed: bool = True
+    inside: bool = False  # an inside point that landed before its step ended
 
 
 @dataclass
@@ -157,11 +158,16 @@ def run_chain(world: World, points: list[KillPoint], sig: signal.Signals = signa
     for point in points:
         if _reached(world, point):
             continue
-        pause_at = point.key if point.kind == "boundary" else f"step:{point.key}:running"
+        if point.kind == "boundary":
+            pause_at = point.key
+        else:
+            # Also pause where the step ends: a delay longer than this attempt takes
+            # then kills it on its last boundary instead of somewhere further on.
+            pause_at = ",".join(f"step:{point.key}:{end}" for end in ("running", "succeeded", "failed"))
         proc = ws.start(pause_at=pause_at)
         result.pids.append(proc.pid)
         ws.wait_paused(proc)
-        landed = True
+        landed, inside = True, False
         if point.kind == "boundary" and sig == signal.SIGKILL:
             outcome = kill_and_reap(proc)
         elif point.kind == "boundary":
@@ -172,11 +178,14 @@ def run_chain(world: World, points: list[KillPoint], sig: signal.Signals = signa
         else:
             ws.release()
             deadline = time.monotonic() + point.delay
-            while time.monotonic() < deadline and not proc.poll():
+            while time.monotonic() < deadline and not proc.poll() and ws.paused_at(proc) is None:
                 time.sleep(0.002)
             landed = not proc.poll()
+            inside = landed and ws.paused_at(proc) is None
             if landed:
                 proc_signal(proc, sig)
+                if ws.paused_at(proc) is not None and sig != signal.SIGKILL:
+                    ws.release()  # SIGTERM on the step's end boundary: let it reach a safe point
             outcome = proc.wait()
         state = ws.read_state()
         assert state is not None, "no state after the kill"
@@ -198,6 +207,7 @@ def run_chain(world: World, points: list[KillPoint], sig: signal.Signals = signa
                     if st in ("running", "interrupted", "pending") and s in _started(ws, proc.pid)
                 },
                 landed=landed,
+                inside=inside,
             )
         )
         if state["status"] in FINISHED:

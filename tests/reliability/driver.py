@@ -4,13 +4,14 @@ Run as a script it behaves exactly like ``python -m migration.cli`` (same click
 entry point, exit codes, output), plus two test hooks driven by the environment:
 
 ``RELIABILITY_PAUSE_AT``
-    An event key (``step:backup:running``, ``phase:p1:start``, ``run:succeed``,
-    ``checkpoint:p1``...; see :func:`event_key`), or ``progress:<step-id>:<n>``.
-    Right after the first event with that key is written to the events log (so
-    after the state change it records was persisted), or right after the n-th
-    ``ctx.progress()`` of that step in this process was persisted, the process
-    writes ``$RELIABILITY_DIR/paused`` and blocks until ``$RELIABILITY_DIR/release``
-    appears. A test SIGKILLs it there: a kill that lands exactly on a step
+    Event keys, comma-separated (``step:backup:running``, ``phase:p1:start``,
+    ``run:succeed``, ``checkpoint:p1``...; see :func:`event_key`), or
+    ``progress:<step-id>:<n>``. Right after the first event with one of those keys
+    is written to the events log (so after the state change it records was
+    persisted), or right after the n-th ``ctx.progress()`` of that step in this
+    process was persisted, the process writes ``$RELIABILITY_DIR/paused`` (its pid
+    and the key) and blocks until ``$RELIABILITY_DIR/release`` appears; then the
+    same at the next key. A test SIGKILLs it there: a kill that lands exactly on a step
     boundary (or a progress report inside a step), every time.
 ``RELIABILITY_LOCK_WRITE_DELAY``
     Seconds to stall right after taking the plan lock (``flock``) and before
@@ -64,6 +65,10 @@ def event_key(event: str, fields: dict[str, Any]) -> str:
     return event
 
 
+def _wanted() -> set[str]:
+    return set(filter(None, os.environ.get("RELIABILITY_PAUSE_AT", "").split(",")))
+
+
 def _pause_here(key: str) -> None:
     folder = Path(os.environ.get("RELIABILITY_DIR", "."))
     release = folder / "release"
@@ -76,8 +81,8 @@ def _pause_here(key: str) -> None:
         if time.monotonic() > deadline:
             os._exit(PAUSE_TIMEOUT_EXIT)
         time.sleep(0.005)
+    marker.unlink(missing_ok=True)  # first: once "release" is gone, so is the marker
     release.unlink()
-    marker.unlink(missing_ok=True)
 
 
 class _SlowFlock:
@@ -104,10 +109,10 @@ def install_hooks() -> None:
     @functools.wraps(original_emit)
     def emit(self: state.EventLog, event: str, **fields: Any) -> None:
         original_emit(self, event, **fields)
-        wanted = os.environ.get("RELIABILITY_PAUSE_AT")
-        if wanted and not paused and event_key(event, fields) == wanted:
-            paused.append(wanted)
-            _pause_here(wanted)
+        key = event_key(event, fields)
+        if key in _wanted() and key not in paused:
+            paused.append(key)
+            _pause_here(key)
 
     state.EventLog.emit = emit  # type: ignore[method-assign]
 
@@ -119,10 +124,9 @@ def install_hooks() -> None:
         original_progress(self, **fields)
         reports[self.step_id] = reports.get(self.step_id, 0) + 1
         key = f"progress:{self.step_id}:{reports[self.step_id]}"
-        wanted = os.environ.get("RELIABILITY_PAUSE_AT")
-        if wanted and not paused and key == wanted:
-            paused.append(wanted)
-            _pause_here(wanted)
+        if key in _wanted() and key not in paused:
+            paused.append(key)
+            _pause_here(key)
 
     base.StepContext.progress = progress  # type: ignore[method-assign]
 

@@ -226,19 +226,22 @@ class Workspace:
     def run(self, command: str = "run", timeout: float = 180) -> Outcome:
         return self.start(command=command).wait(timeout)
 
+    def paused_at(self, proc: Launched) -> str | None:
+        """The key ``proc`` is paused at right now, if it is paused."""
+        try:
+            info = json.loads((self.hooks / "paused").read_text())
+        except (OSError, ValueError):
+            return None
+        return str(info["key"]) if info.get("pid") == proc.pid else None
+
     def wait_paused(self, proc: Launched, timeout: float = 120) -> str:
         """Until ``proc`` sits in its pause point; returns the key. Reads the state all along."""
-        marker = self.hooks / "paused"
         deadline = time.monotonic() + timeout
         while True:
             self.read_state()
-            if marker.exists():
-                try:
-                    info = json.loads(marker.read_text())
-                except (OSError, ValueError):
-                    info = {}
-                if info.get("pid") == proc.pid:
-                    return str(info["key"])
+            key = self.paused_at(proc)
+            if key is not None:
+                return key
             if proc.poll():
                 outcome = proc.wait()
                 raise AssertionError(
@@ -249,7 +252,11 @@ class Workspace:
             time.sleep(0.01)
 
     def release(self) -> None:
+        """Let a paused process go on (it removes the ``paused`` marker before it does)."""
         (self.hooks / "release").touch()
+        deadline = time.monotonic() + 10
+        while (self.hooks / "release").exists() and time.monotonic() < deadline:
+            time.sleep(0.001)
 
     def read_state(self) -> dict[str, Any] | None:
         """The current state document; a state file that does not parse fails the test."""

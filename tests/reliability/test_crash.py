@@ -75,6 +75,8 @@ def _chain(
         _check_world(world, scenario, sig)
         landed = sum(1 for k in result.kills if k.landed)
         TALLY[f"kills {sig.name} {scenario.name}"] += landed
+        inside = sum(k.inside for k in result.kills)
+        TALLY[f"of which {sig.name} kills inside a step (not on its end)"] += inside
         TALLY[f"runs {scenario.name}"] += len(result.pids)
         TALLY["seed"] = SEED
         return landed
