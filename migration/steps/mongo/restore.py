@@ -230,7 +230,10 @@ class MongoRestore(Step["MongoRestore.Params"]):
     collections are replaced and all others are left alone (listed in
     ``left_alone``). Documents are inserted as raw BSON in batches, indexes rebuilt
     from the metadata, then every restored collection is compared with the manifest
-    (counts, and checksums over the documents in ``_id`` order).
+    (counts, and checksums over the documents in ``_id`` order). Interrupted (a
+    crash, a kill, the server going away) it resumes collection by collection: what
+    an earlier attempt restored whole is kept, a half-restored collection is redone,
+    and collections it wrote itself are never refused as "already holding data".
 
     Outputs: ``restored`` (collection name -> documents), ``total``, ``verified``
     (``counts+checksums``, or ``counts`` for a dump without manifest), ``dropped``,
