@@ -12,13 +12,19 @@ also go through a process of their own, exactly as users run it.
 
 from __future__ import annotations
 
+import random
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import assert_no_traceback, cli_env, migration, migration_batch, write_plan
+
+from migration.errors import PlanError
+from migration.plan import loader, templates
 
 BAD_PLANS = Path(__file__).parent / "bad_plans"
 FILES = sorted(p.name for p in BAD_PLANS.glob("*.yaml"))
@@ -127,3 +133,195 @@ def test_optional_env_lookups_are_not_required(tmp_path: Path) -> None:
     result = migration(tmp_path, "run", "plan.yaml", "--state-dir", "state", env=env)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "said.txt").read_text() == "fallback other\n"
+
+
+# -- what can never render is refused up front; what can, is not ---------------------------
+
+
+def test_templates_that_render_are_not_refused(tmp_path: Path) -> None:
+    """Loops, set, macros, '_' keys of plain data, globals and filters all pass the static check."""
+    plan = """
+        name: valid-templates
+        vars:
+          names: [a, b, c]
+          _private: hidden
+          doc: {_id: 42, name: x}
+          joined: >-
+            {% for i in vars.names %}{{ loop.index }}{{ i }}{% if not loop.last %},{% endif %}{% endfor %}
+          macro: "{% macro twice(x) %}{{ x }}{{ x }}{% endmacro %}{{ twice(vars.names[0]) }}"
+          ns: >-
+            {% set ns = namespace(n=0) %}{% for i in range(3) %}{% set ns.n = ns.n + i %}{% endfor %}
+            {{- ns.n }}
+          pairs: "{% for k, v in dict(a=1).items() %}{{ k }}={{ v }}{% endfor %}"
+          private: "{{ vars._private }}-{{ vars.doc._id }}-{{ vars['doc']['_id'] }}"
+          misc: "{{ vars.names | join('+') | upper }}/{{ '%s-%d' % ('n', 3) }}/{{ '{}!'.format('hi') }}"
+          cycle: "{% set c = cycler('x', 'y') %}{{ c.next() }}{{ c.next() }}"
+          join: "{% set j = joiner('/') %}{{ j() }}a{{ j() }}b"
+          scoped: "{% with q = 2 %}{{ q * 3 }}{% endwith %}{{ 'ok' if vars.names is sequence else 'no' }}"
+        phases:
+          - id: only
+            steps:
+              - id: first
+                uses: shell
+                with: {command: [echo, hi]}
+              - id: say
+                uses: shell
+                when: "steps.first.outputs.exit_code == 0 and vars.names | length == 3"
+                with:
+                  command: >-
+                    printf '%s\\n' {{ vars.joined }} {{ vars.macro }} {{ vars.ns }} {{ vars.pairs }}
+                    {{ vars.private }} {{ vars.misc }} {{ vars.cycle }} {{ vars.join }} {{ vars.scoped }}
+                    > said.txt
+                  shell: true
+            checkpoint:
+              - that: "steps.say.outputs.exit_code == 0 and run.id is defined"
+        """
+    write_plan(tmp_path / "plan.yaml", plan)
+    validate = migration(tmp_path, "validate", "plan.yaml")
+    assert validate.returncode == 0 and validate.stderr == "plan.yaml: ok\n", validate.stderr
+    result = migration(tmp_path, "run", "plan.yaml", "--state-dir", "state")
+    assert result.returncode == 0, result.stderr
+    said = (tmp_path / "said.txt").read_text().splitlines()
+    assert said == ["1a,2b,3c", "aa", "3", "a=1", "hidden-42-42", "A+B+C/n-3/hi!", "xy", "a/b", "6ok"]
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        ("{{ ''.__class__ }}", "access to attribute '__class__' is unsafe"),
+        ("{{ cycler.__init__.__globals__ }}", "access to attribute '__init__' is unsafe"),
+        ("{{ self._TemplateReference__context }}", "'_TemplateReference__context' is unsafe"),
+        ("{{ range._x }}", "access to attribute '_x' is unsafe"),
+        ("{{ vars.a|attr('__class__') }}", "access to attribute '__class__' is unsafe"),
+        ("{{ no_such_name }}", "undefined name 'no_such_name' (a template sees vars, env, steps, run)"),
+        ("{{ var.a }}", "undefined name 'var'; did you mean 'vars'?"),
+        ("{{ lipsum(3) }}", "undefined name 'lipsum'"),
+        ("{{ vars.a | nope }}", "no filter named 'nope'"),
+        ("{{ vars.a is nope }}", "no test named 'nope'"),
+        ("{% include 'x' %}", "a template cannot include, import or extend another template"),
+        ("{% for i in vars.a %}{% endfor %}{{ i }}{{ loop }}", None),
+        ("{{ nope is defined }}{{ nope | default('x') }}{{ ''.__class__ is undefined }}", None),
+        ("{{ nope.x is defined }}", "undefined name 'nope'"),
+    ],
+)
+def test_templates_that_can_never_render_are_refused(template: str, message: str | None) -> None:
+    tree = templates.parse(template)
+    if message is None:  # renders: loop variables outside the loop, guarded names
+        templates.check_renderable(tree)
+        return
+    with pytest.raises(templates.TemplateError) as caught:
+        templates.check_renderable(tree)
+    assert message in str(caught.value)
+
+
+# -- bounds on what a template may compute ---------------------------------------------------
+
+CONTEXT = {"vars": {"s": "ab", "l": [1, 2]}, "env": {}, "steps": {}, "run": {}}
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        ("{{ 'a' * 400000000 }}", "repeating would make 400,000,000 characters"),
+        ("{{ [0] * 10**9 }}", "repeating would make"),
+        ("{{ 2 ** (10**9) }}", "an integer of more than"),
+        (
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+            "loop iterations",
+        ),
+        (
+            "{% set ns = namespace(s='a' * 1000000) %}{% for i in range(30) %}{% set ns.s = ns.s ~ ns.s %}"
+            "{% endfor %}",
+            "a value of 16,000,000 characters",
+        ),
+        ("{{ 'x' | center(10**9) }}", "center would make"),
+        ("{{ 'x'.ljust(10**9) }}", "str.ljust would make"),
+        ("{{ '%999999999d' % 1 }}", "a format width would make"),
+        ("{{ '{:>999999999}'.format(1) }}", "a format width would make"),
+        ("{{ ('a' * 1000000) | replace('a', 'bb' * 50) }}", "replacing would make"),
+        ("{{ (['a' * 1000000] * 100) | join }}", "joining would make"),
+        ("{{ (1).to_bytes(10**9, 'big') }}", "int.to_bytes would make"),
+        ("{% for i in range(100) %}{{ 'x' * 1000000 }}{% endfor %}", "the output would make"),
+    ],
+)
+def test_templates_that_would_exhaust_memory_or_cpu_are_refused(template: str, message: str) -> None:
+    started = time.process_time()
+    with pytest.raises(templates.TemplateError) as caught:
+        templates.render_string(template, CONTEXT)
+    assert "template refused" in str(caught.value) and message in str(caught.value)
+    assert time.process_time() - started < 2
+
+
+def test_a_missing_value_in_an_expression_is_a_template_error() -> None:
+    for expression in ("vars.nope", "[vars.nope]", "{'k': vars.l.nope}"):
+        with pytest.raises(templates.TemplateError, match="nope"):
+            templates.evaluate(expression, CONTEXT)
+    assert templates.truthy(templates.evaluate("vars.s == 'ab' and vars.nope is not defined", CONTEXT))
+
+
+# -- the fast YAML loader gives exactly what the pure-Python one gives --------------------------
+
+_YAML_BITS = [
+    "?",
+    ":",
+    "-",
+    "{",
+    "}",
+    "[",
+    "]",
+    ",",
+    "&x",
+    "*x",
+    "!!str",
+    "|",
+    ">",
+    "'",
+    '"',
+    "#",
+    " ",
+    "\n",
+    "\n  ",
+    ": ",
+    "? ",
+    "- ",
+    "~",
+    "{}",
+    "[]",
+    "é",
+    "|#",
+    "!!int",
+    "...",
+    "---\n",
+]
+
+
+def _parsed(text: str) -> tuple[Any, ...]:
+    try:
+        raw, positions = loader._parse_yaml(text, "plan.yaml")
+    except PlanError as exc:
+        return ("error", str(exc))
+    return (
+        "ok",
+        repr(raw),
+        sorted(positions.values.items(), key=repr),
+        sorted(positions.keys.items(), key=repr),
+    )
+
+
+@pytest.mark.skipif(loader._FAST_LOADER is None, reason="PyYAML without libyaml")
+def test_the_fast_yaml_loader_gives_what_the_python_loader_gives(monkeypatch: pytest.MonkeyPatch) -> None:
+    sources = [(BAD_PLANS / name).read_text() for name in FILES]
+    sources += [p.read_text() for p in sorted((BAD_PLANS.parent.parent / "plans").glob("*.yaml"))]
+    texts = [*sources, "a: {x: }\n", "a: [x: ]\n", "a: {b: c?d}\n", "a: [!!str x,y]\n", "a: 1\n? "]
+    rng = random.Random(20241125)
+    for _ in range(400):
+        text = rng.choice(sources)
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randint(0, len(text))
+            text = text[:at] + rng.choice(_YAML_BITS) + text[at + rng.choice([0, 0, 1, 2]) :]
+        texts.append(text)
+    fast = [_parsed(text) for text in texts]
+    monkeypatch.setattr(loader, "_FAST_LOADER", None)
+    slow = [_parsed(text) for text in texts]
+    for text, one, other in zip(texts, fast, slow, strict=True):
+        assert one == other, text

@@ -6,10 +6,9 @@ uses plain seeded generators. The base plan's steps are harmless (``true``,
 ``sh`` on PATH), so a mutation that happens to leave a valid plan runs nothing
 that matters.
 
-Inputs that crash or exhaust the tool today (known bugs, each with its own
-test in test_bad_input.py) are kept out of the generator: integers of more than
-4300 digits, nesting deeper than a few hundred levels, YAML alias bombs, and
-templates that loop or repeat without bound.
+The generator also makes (small) versions of the resource bombs of
+test_bad_input.py: integers of more than 4300 digits, nesting past the loader's
+limit of 100 levels, alias bombs; the full-size bombs have their own test.
 """
 
 from __future__ import annotations
@@ -126,7 +125,7 @@ def weird_value(rng: random.Random, depth: int = 0) -> Any:
     if kind == 10 and depth < 3:
         return {weird_key(rng): weird_value(rng, depth + 1) for _ in range(rng.randint(0, 3))}
     if kind == 11:
-        return nested(rng.randint(5, 60))
+        return nested(rng.randint(5, 130))  # the loader refuses more than 100 levels
     if kind == 12:
         return "".join(rng.choice(PUNCTUATION) for _ in range(rng.randint(1, 8)))
     return rng.choice(["shell", "mongo.backup", "nope", "phases", "id", "with", "true", "-1", "0x10"])
@@ -211,7 +210,16 @@ def text_mutation(text: str, rng: random.Random) -> str:
         return text[:at] + "\t" + text[at:]
     if op == 5:
         return text + rng.choice(
-            ["---\nname: second-doc\n", "...\n", "&a [*a]\n", "? [x]\n: y\n", "%YAML 9.9\n"]
+            [
+                "---\nname: second-doc\n",
+                "...\n",
+                "&a [*a]\n",
+                "? [x]\n: y\n",
+                "%YAML 9.9\n",
+                "big: 1" + "0" * 5000 + "\n",
+                "a: &a [x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a]\n"
+                "c: &c [*b, *b, *b, *b, *b, *b, *b, *b]\nd: [*c, *c, *c, *c, *c, *c, *c, *c]\n",
+            ]
         )
     return rng.choice(["", "null", "[]", "42", "- a\n- b\n", "name: only-a-name\n", "!!binary aGk=\n"])
 
