@@ -248,29 +248,31 @@ def run_command(
     exception propagates. Raises StepError if the command cannot start.
     """
     started = time.monotonic()
-    try:
-        proc = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=dict(env),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-    except OSError as exc:
-        raise spawn_error(argv, cwd, exc, redact) from exc
-    pgid = proc.pid
-    assert proc.stdout is not None and proc.stderr is not None
-    streams: dict[int, tuple[IO[bytes], _Stream]] = {
-        proc.stdout.fileno(): (proc.stdout, _Stream("stdout", log, redact, log_lines)),
-        proc.stderr.fileno(): (proc.stderr, _Stream("stderr", log, redact, log_lines)),
-    }
     selector = selectors.DefaultSelector()
+    streams: dict[int, tuple[IO[bytes], _Stream]] = {}
     timed_out = False
     completed = False
     exited_at: float | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    # Everything from the spawn on is inside the try: an Interrupted raised by the
+    # signal handler right after Popen returns still stops the group it started.
     try:
+        try:
+            proc = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                env=dict(env),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise spawn_error(argv, cwd, exc, redact) from exc
+        pgid = proc.pid
+        assert proc.stdout is not None and proc.stderr is not None
+        streams[proc.stdout.fileno()] = (proc.stdout, _Stream("stdout", log, redact, log_lines))
+        streams[proc.stderr.fileno()] = (proc.stderr, _Stream("stderr", log, redact, log_lines))
         for fd, (_, stream) in streams.items():
             os.set_blocking(fd, False)
             selector.register(fd, selectors.EVENT_READ, stream)
@@ -316,8 +318,8 @@ def run_command(
         # On an exception (Interrupted, ...) nothing of the command may keep running.
         # After a normal exit, processes it deliberately left in the background
         # (``nohup x &``) are its business.
-        if not completed or proc.poll() is None:
-            terminate_group(pgid, grace, proc)
+        if proc is not None and (not completed or proc.poll() is None):
+            terminate_group(proc.pid, grace, proc)
         for fd, (pipe, stream) in streams.items():
             if fd in selector.get_map():
                 stream.finish()
