@@ -224,7 +224,8 @@ def memory(setup: Setup, previous: list[Figure]) -> list[Figure]:
         figures.append(figure)
     # Beyond what FerretDB lets us rewrite: the same step over documents already in
     # their after-state reads, plans and logs every one of them and writes none.
-    for n in sorted({max(1000, setup.docs // 10), setup.docs}):
+    migrated = {max(1000, setup.docs // 10), setup.docs} | ({1_000_000} if setup.million else set())
+    for n in sorted(migrated):
         figure = Figure("memory", f"mongo.transform over {n:,} already-migrated documents (no writes)", n)
         seed(setup.server, SCRATCH, dataset_file(n, setup.cache))
         run_child("update_many", url=setup.url(SCRATCH), which="all")
