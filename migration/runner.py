@@ -427,6 +427,8 @@ class Runner(RollbackDriver):
                 where = self._debug_log(exc)
                 error = f"{type(exc).__name__}: {exc} (traceback in {where})"
             elapsed = time.monotonic() - started
+            if outputs is not None and not isinstance(outputs, dict):
+                outputs = {"result": outputs}  # a plugin's list or string: the state keeps objects
             st["outputs"] = self.redact(jsonable(outputs))
             st["duration_s"] = round(elapsed, 3)
             st["finished_at"] = now_iso()

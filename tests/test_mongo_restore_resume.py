@@ -9,6 +9,7 @@ attempt gets the last report as ``ctx.resume``, as the runner would give it.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -207,3 +208,30 @@ def test_restore_with_drop_killed_twice_reports_every_collection_it_dropped(
     assert outputs is not None and outputs["dropped"] == COLLECTIONS
     assert {n: collection_checksum(db, n) for n in COLLECTIONS} == expected_checksums(folder)
     assert db.Property.find_one({"_id": "added after the backup"}) is None
+
+
+def test_a_resume_into_another_database_takes_nothing_there_for_its_own(
+    mongo_server: Any, mongo_url: str, dump: tuple[Path, Any], tmp_path: Path
+) -> None:
+    """Killed while restoring into one database, resumed with a URI naming another (a
+    fixed .env, another --var): the half-restored collection's name there is someone
+    else's data, never dropped."""
+    import pymongo
+
+    folder, _ = dump
+    outputs, progress = attempt(mongo_url, folder, tmp_path, {}, kill_after_docs=BATCH)
+    assert outputs is None and progress["current"] == "Property"
+    other = "t_other_" + uuid.uuid4().hex[:8]
+    client: pymongo.MongoClient[Any] = pymongo.MongoClient(mongo_server.database_url(other))
+    try:
+        client[other].Property.insert_one({"_id": "theirs"})
+        ctx = attempt_ctx(mongo_server.database_url(other), folder, tmp_path, progress)
+        ctx.params = MongoRestore.Params.model_validate(
+            {"uri": mongo_server.database_url(other), "from": str(folder), "allow_other_database": True}
+        )
+        with pytest.raises(StepError, match=r"refusing to restore: Property \(1 documents\) already hold"):
+            MongoRestore().run(ctx)
+        assert list(client[other].Property.find()) == [{"_id": "theirs"}]
+    finally:
+        client.drop_database(other)
+        client.close()

@@ -314,3 +314,37 @@ def test_journal_entry_of_the_wrong_shape_is_a_clear_error(tmp_path: Path, faile
     state = StateStore(tmp_path / "state", "damaged-demo").load_current()
     assert state is not None and state["phases"][0]["steps"][1]["status"] == "succeeded"
     assert state["journal_seq"] == 1
+
+
+def test_a_plugin_step_returning_a_list_still_leaves_a_state_that_loads(tmp_path: Path) -> None:
+    """Outputs are kept as an object: a plugin's list or string goes under ``result``."""
+    from click.testing import CliRunner
+
+    from migration import cli
+    from migration.steps import registry
+    from migration.steps.base import Step, StepContext, StepParams
+
+    class ListStep(Step[StepParams]):
+        """Returns a list (a plugin's mistake, not the runner's)."""
+
+        name = "test.list-outputs"
+        Params = StepParams
+
+        def run(self, ctx: StepContext[StepParams]) -> Any:
+            return ["a", "b"]
+
+    registry._REGISTRY[ListStep.name] = ListStep
+    try:
+        (tmp_path / "plan.yaml").write_text(
+            "name: plugin\nphases:\n  - id: a\n    steps:\n      - {id: s, uses: test.list-outputs}\n"
+        )
+        state_dir = tmp_path / "state"
+        args = ["run", str(tmp_path / "plan.yaml"), "--state-dir", str(state_dir)]
+        assert CliRunner().invoke(cli.main, args).exit_code == 0
+        store = StateStore(state_dir, "plugin")
+        state = store.load(store.current_run_id() or "")
+        assert state["phases"][0]["steps"][0]["outputs"] == {"result": ["a", "b"]}
+        status = CliRunner().invoke(cli.main, ["status", "plugin", "--state-dir", str(state_dir)])
+        assert status.exit_code == 0, status.output
+    finally:
+        registry._REGISTRY.pop(ListStep.name, None)

@@ -208,6 +208,8 @@ class ProcessStart(Step["ProcessStart.Params"]):
         except BaseException:
             # A half-started service must not linger: a re-run would start a second one.
             terminate_group(child.pid, TERM_GRACE_SECONDS, child)
+            with contextlib.suppress(Exception):
+                ctx.progress()  # stopped: nothing for a later attempt to stop (its pid may be reused)
             raise
         return outputs
 
@@ -219,10 +221,13 @@ class ProcessStart(Step["ProcessStart.Params"]):
         also covers a service that rewrote its environment (pid and start time match).
         """
         earlier = ctx.resume
-        if "pid" not in earlier:
+        if "pid" not in earlier or earlier.get("start_time") is None:
             return
+        # Only the very process it recorded (pid and start time): a group whose leader
+        # is gone may be someone else's by now, and members that carry this step's
+        # mark were already stopped by the runner.
         verdict, _ = _identify(earlier)
-        if verdict == "gone":
+        if verdict != "running":
             return
         pgid = int(earlier.get("pgid") or earlier["pid"])
         ctx.log.warning("stopping the service an interrupted attempt started", pid=earlier["pid"])

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from bson import SON
 from bson.raw_bson import RawBSONDocument
 from pydantic import Field
+from pymongo import uri_parser
 from pymongo.database import Database
 from pymongo.errors import OperationFailure, PyMongoError
 
@@ -211,6 +212,15 @@ def _verify_each(
     return ("counts+checksums" if with_checksums else "counts"), found, problems
 
 
+def _target(uri: str, database: str) -> str:
+    """Where a restore writes, without credentials: ``host:port,.../database``."""
+    try:
+        nodes = uri_parser.parse_uri(uri)["nodelist"]
+    except Exception:  # connect() already accepted it; keep the comparison total
+        nodes = []
+    return ",".join(sorted(f"{host}:{port}" for host, port in nodes)) + "/" + database
+
+
 def _names(value: Any) -> list[str]:
     """A list of collection names from saved progress (anything else: none)."""
     return [v for v in value if isinstance(v, str) and v] if isinstance(value, list) else []
@@ -308,7 +318,11 @@ class MongoRestore(Step["MongoRestore.Params"]):
             # (``partial``): those are restored anew. Each attempt carries all of it forward,
             # so after any number of kills the step knows every collection whose data it
             # wrote itself, and only those.
-            resumed = ctx.resume if ctx.resume.get("source") == str(source.folder) else {}
+            # Only the same dump into the same database counts as our own work: a resume
+            # whose URI now names another server or database starts from nothing there.
+            target = _target(params.uri, db.name)
+            same = ctx.resume.get("source") == str(source.folder) and ctx.resume.get("target") == target
+            resumed = ctx.resume if same else {}
             done = {n for n in _names(resumed.get("done")) if n in names and n in existing}
             partial = set(_names([resumed.get("current"), *_names(resumed.get("partial"))])) & names - done
             ours = done | partial
@@ -337,6 +351,7 @@ class MongoRestore(Step["MongoRestore.Params"]):
             def record(current: str) -> None:
                 ctx.progress(
                     source=str(source.folder),
+                    target=target,
                     done=sorted(restored),
                     current=current,
                     partial=sorted(partial),
