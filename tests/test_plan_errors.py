@@ -12,6 +12,7 @@ also go through a process of their own, exactly as users run it.
 
 from __future__ import annotations
 
+import itertools
 import random
 import shutil
 import subprocess
@@ -202,6 +203,12 @@ def test_templates_that_render_are_not_refused(tmp_path: Path) -> None:
         ("{% for i in vars.a %}{% endfor %}{{ i }}{{ loop }}", None),
         ("{{ nope is defined }}{{ nope | default('x') }}{{ ''.__class__ is undefined }}", None),
         ("{{ nope.x is defined }}", "undefined name 'nope'"),
+        ("{{ vars.a.__doc__ }}", "access to attribute '__doc__' is unsafe"),
+        ("{{ cycler['__init__'] }}", "access to attribute '__init__' is unsafe"),
+        ("{{ ''['_x'] }}", "access to attribute '_x' is unsafe"),
+        # '_' keys of data, item access to a dunder key, names guarded anywhere: these render.
+        ("{{ steps.a.outputs._meta__v }}{{ steps.a.outputs['_meta__v'] }}{{ vars.x['__doc__'] }}", None),
+        ("{% if extra is defined %}{{ extra }}{% endif %}{{ foo is defined and foo }}", None),
     ],
 )
 def test_templates_that_can_never_render_are_refused(template: str, message: str | None) -> None:
@@ -214,9 +221,39 @@ def test_templates_that_can_never_render_are_refused(template: str, message: str
     assert message in str(caught.value)
 
 
+def test_what_the_static_check_lets_through_renders() -> None:
+    context = {"vars": {"d": {"_meta__v": 1, "__doc__": "doc"}}, "env": {}, "steps": {}, "run": {}}
+    source = "{{ vars.d._meta__v }}-{{ vars.d['_meta__v'] }}-{{ vars.d['__doc__'] }}"
+    guarded = "{% if extra is defined %}{{ extra }}{% endif %}{{ foo is defined and foo }}"
+    for template in (source, guarded):
+        templates.check_renderable(templates.parse(template))
+    assert templates.render_string(source, context) == "1-1-doc"
+    assert templates.render_string(guarded, context) == "False"
+    assert templates.render_string(guarded, {**context, "extra": "e", "foo": "f"}) == "ef"
+
+
+def test_outputs_not_known_in_a_dry_run_iterate_as_one_placeholder() -> None:
+    context = {"steps": {"x": {"outputs": templates.Placeholder("steps.x.outputs")}}}
+    cases = {
+        "{{ steps.x.outputs.cols | join(' ') }}": "<steps.x.outputs.cols[*]>",
+        "{% for c in steps.x.outputs.cols %}{{ c.name }};{% endfor %}": "<steps.x.outputs.cols[*].name>;",
+        "{{ steps.x.outputs.cols | list | length }}": 1,
+        "{{ steps.x.outputs._meta__v }}": "<steps.x.outputs['_meta__v']>",
+    }
+    for template, expected in cases.items():
+        assert templates.render_string(template, context) == expected
+
+
+def test_joining_an_endless_iterable_stops_at_the_limit() -> None:
+    with pytest.raises(templates.LimitExceeded, match="joining would make"):
+        templates._joined(" ", itertools.repeat("x"))
+
+
 # -- bounds on what a template may compute ---------------------------------------------------
 
 CONTEXT = {"vars": {"s": "ab", "l": [1, 2]}, "env": {}, "steps": {}, "run": {}}
+# 1 million characters, but 9 million as text.
+NESTED = "{% set s = 'x' * 1000000 %}{% set a = [s, s, s] %}{% set b = [a, a, a] %}"
 
 
 @pytest.mark.parametrize(
@@ -239,9 +276,26 @@ CONTEXT = {"vars": {"s": "ab", "l": [1, 2]}, "env": {}, "steps": {}, "run": {}}
         ("{{ '%999999999d' % 1 }}", "a format width would make"),
         ("{{ '{:>999999999}'.format(1) }}", "a format width would make"),
         ("{{ ('a' * 1000000) | replace('a', 'bb' * 50) }}", "replacing would make"),
-        ("{{ (['a' * 1000000] * 100) | join }}", "joining would make"),
+        ("{% set s = 'a' * 1000000 %}{{ [s, s, s, s, s, s, s, s, s] | join }}", "joining would make"),
         ("{{ (1).to_bytes(10**9, 'big') }}", "int.to_bytes would make"),
         ("{% for i in range(100) %}{{ 'x' * 1000000 }}{% endfor %}", "the output would make"),
+        # A list counts its items' text, not 8 bytes an item: str() of it makes all of that.
+        ("{{ (['x' * 8000000] * 1000000) | length }}", "repeating would make 8,000,008,000,000"),
+        ("{{ (['x' * 100000] * 1000) | string }}", "repeating would make"),
+        ("{{ ([[0] * 1000] * 1000) | length }}", "repeating would make"),
+        (NESTED + "{{ b | string }}", "string would make"),
+        (NESTED + "{{ b | tojson }}", "tojson would make"),
+        (NESTED + "{{ [b] | pprint }}", "pprint would make"),
+        (NESTED + "{{ b | join(',') }}", "joining would make"),
+        (NESTED + "{{ b | e }}", "e would make"),
+        (NESTED + "{{ '%s' | format(b) }}", "format arguments would make"),
+        (NESTED + "{{ b ~ '' }}", "a value of"),
+        (NESTED + "{{ '%s' % (b,) }}", "formatting would make"),
+        (NESTED + "{{ '{}'.format(b) }}", "formatting would make"),
+        (NESTED + "{{ dict(k=b) }}", "the output would make"),
+        (NESTED + "{{ b }}", "the output would make"),
+        ("{{ (vars.s * 3000000, vars.s * 3000000) }}", "the value would make"),
+        ("{% set l = [0] * 500000 %}{{ [[[[[[l]]]]]] | tojson(indent=64) }}", "tojson would make"),
     ],
 )
 def test_templates_that_would_exhaust_memory_or_cpu_are_refused(template: str, message: str) -> None:
@@ -249,6 +303,42 @@ def test_templates_that_would_exhaust_memory_or_cpu_are_refused(template: str, m
     with pytest.raises(templates.TemplateError) as caught:
         templates.render_string(template, CONTEXT)
     assert "template refused" in str(caught.value) and message in str(caught.value)
+    assert time.process_time() - started < 2
+
+
+def test_an_expression_may_not_give_a_value_too_big_to_copy() -> None:
+    started = time.process_time()
+    with pytest.raises(templates.TemplateError, match="expression refused: the value would make"):
+        templates.evaluate("(vars.s * 3000000, vars.s * 3000000)", CONTEXT)
+    assert time.process_time() - started < 2
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ ([0] * 1000000) | select('eq', 1) | list | length }}",
+        "{{ ([0] * 1000000) | reject('ne', 0) | list | length }}",
+        "{{ ([{'a': 1}] * 300000) | map(attribute='a') | list | length }}",
+        "{{ ([{'a': 1}] * 300000) | selectattr('a') | list | length }}",
+        "{{ ([{'a': 1}] * 300000) | groupby('a') | list | length }}",
+        "{% for x in [[0] * 1000000] recursive %}{% if x %}{{ loop(x) }}{% endif %}{% endfor %}",
+    ],
+)
+def test_per_item_work_of_filters_and_recursive_loops_counts_steps(
+    monkeypatch: pytest.MonkeyPatch, template: str
+) -> None:
+    monkeypatch.setattr(templates, "MAX_STEPS", 100_000)
+    started = time.process_time()
+    with pytest.raises(templates.TemplateError, match="loop iterations, calls and operations"):
+        templates.render_string(template, CONTEXT)
+    assert time.process_time() - started < 2
+
+
+def test_the_cpu_limit_is_checked_between_any_two_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(templates, "MAX_CPU_SECONDS", 0.05)
+    started = time.process_time()
+    with pytest.raises(templates.TemplateError, match=r"more than 0\.05 s of CPU time"):
+        templates.render_string("{{ ('x' * 8000000) | select('eq', 'y') | list | length }}", CONTEXT)
     assert time.process_time() - started < 2
 
 

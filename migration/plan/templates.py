@@ -13,16 +13,18 @@ import re
 import shlex
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, ItemsView, Iterable, Iterator, KeysView, Mapping, ValuesView
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import update_wrapper
+from itertools import chain
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, UndefinedError, nodes
 from jinja2.compiler import CodeGenerator, Frame
+from jinja2.runtime import LoopContext
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
-from jinja2.utils import _PassArg
+from jinja2.utils import Namespace, _PassArg
 
 _SINGLE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>.*?)\}\}\s*$", re.DOTALL)
 
@@ -52,12 +54,16 @@ class LimitExceeded(Exception):
 
 
 class _Budget:
-    __slots__ = ("deadline", "made", "steps")
+    __slots__ = ("check_at", "deadline", "made", "steps")
 
     def __init__(self) -> None:
         self.steps = 0
         self.made = 0
         self.deadline = time.thread_time() + MAX_CPU_SECONDS
+        # A thread's CPU time grows no faster than the wall clock, so the deadline cannot
+        # come before this; reading the (cheap) wall clock on every tick bounds the overrun
+        # to a millisecond without a (costly) thread_time() call on every tick.
+        self.check_at = time.perf_counter() + MAX_CPU_SECONDS
 
 
 _local = threading.local()
@@ -81,8 +87,11 @@ def _tick() -> None:
     budget.steps += 1
     if budget.steps > MAX_STEPS:
         raise LimitExceeded(f"more than {MAX_STEPS:,} loop iterations, calls and operations")
-    if budget.steps % 512 == 0 and time.thread_time() > budget.deadline:
-        raise LimitExceeded(f"more than {MAX_CPU_SECONDS:g} s of CPU time")
+    if time.perf_counter() >= budget.check_at:
+        left = budget.deadline - time.thread_time()
+        if left < 0:
+            raise LimitExceeded(f"more than {MAX_CPU_SECONDS:g} s of CPU time")
+        budget.check_at = time.perf_counter() + max(left, 0.001)
 
 
 def _size(value: Any) -> int:
@@ -94,6 +103,54 @@ def _size(value: Any) -> int:
     if isinstance(value, int):
         return value.bit_length() // 8
     return 0
+
+
+_SEQUENCES = (list, tuple, set, frozenset, KeysView, ValuesView, ItemsView)
+_END = object()
+
+
+def _deep_size(value: Any, limit: int = MAX_VALUE, indent: int = 0, wrap: bool = False) -> int:
+    """Roughly the characters ``str(value)`` makes, items and their items included.
+
+    Strings count their length, every item at least 8 (plus ``indent`` a level of nesting:
+    pprint and ``tojson(indent=...)`` put items on lines of their own; ``wrap``: pprint
+    splits long strings into indented lines). Stops as soon as the total passes ``limit``,
+    so a walk looks at no more than ``limit / 8`` items however big the value is.
+    """
+    total = 0
+    pending: list[tuple[Iterator[Any], int]] = []  # the items still to look at, and their depth
+    item, depth = value, 0
+    while True:
+        if isinstance(item, (str, bytes, bytearray)):
+            total += len(item) * (1 + depth * indent) if wrap else len(item)
+        elif isinstance(item, int):
+            total += item.bit_length() // 3
+        elif isinstance(item, _SEQUENCES):
+            total += (8 + (depth + 1) * indent) * len(item)
+            pending.append((iter(item), depth + 1))
+        elif isinstance(item, Mapping):
+            total += (16 + (depth + 1) * indent) * len(item)
+            pending.append((chain.from_iterable(item.items()), depth + 1))
+        elif isinstance(item, Namespace):
+            pending.append((iter((item._Namespace__attrs,)), depth))
+        if total > limit:
+            return total
+        while pending:
+            item = next(pending[-1][0], _END)
+            if item is not _END:
+                depth = pending[-1][1]
+                break
+            pending.pop()
+        else:
+            return total
+
+
+def _check_text(value: Any, what: str, indent: int = 0, wrap: bool = False) -> None:
+    """Refuse, before ``str()`` makes it, the text of a value too big to make."""
+    if isinstance(value, str):
+        _check_size(len(value), what)
+    else:
+        _check_size(_deep_size(value, indent=indent, wrap=wrap), what)
 
 
 def _too_big(size: int, what: str | None = None) -> LimitExceeded:
@@ -147,7 +204,7 @@ def _check_binop(operator: str, left: Any, right: Any) -> None:
             return
         seq, times = (left, right) if _is_int(right) else (right, left)
         if _is_int(times) and times > 0:
-            _check_size(_size(seq) * times, "repeating")
+            _check_size(_deep_size(seq) * times, "repeating")
     elif operator == "**":
         # (bits - 1) * exponent is at most what the result has: exact check after.
         big = _is_int(left) and _is_int(right) and right > 0 and abs(left) > 1
@@ -155,9 +212,10 @@ def _check_binop(operator: str, left: Any, right: Any) -> None:
             raise LimitExceeded(f"an integer of more than {MAX_INT_BITS:,} bits")
     elif operator == "+":
         if isinstance(left, (str, list, tuple)) and isinstance(right, (str, list, tuple)):
-            _check_size(_size(left) + _size(right), "adding")
+            _check_size(_deep_size(left) + _deep_size(right), "adding")
     elif operator == "%" and isinstance(left, str):
         _check_percent_format(left, right)
+        _check_size(len(left) + _deep_size(right), "formatting")
 
 
 _PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
@@ -207,15 +265,19 @@ def _check_replace(text: str, old: Any, new: Any, count: Any = -1) -> None:
 
 
 def _joined(separator: str, items: Iterable[Any]) -> Iterable[Any]:
-    """The items to join (as a list), once the size of the result is known to be bounded."""
+    """The items to join (as a list), once the size of the result is known to be bounded.
+
+    Counted while they are taken, so an endless iterable stops at the limit too.
+    """
     if isinstance(items, str):
         _check_size(len(items) * (1 + len(separator)), "joining")
         return items
-    listed = list(items)
-    size = len(separator) * max(len(listed) - 1, 0)
-    for item in listed:
-        size += len(item) if isinstance(item, str) else 24
-    _check_size(size, "joining")
+    listed = []
+    size = 0
+    for item in items:
+        size += len(separator) + max(_deep_size(item, MAX_VALUE - size), 8)
+        _check_size(size, "joining")
+        listed.append(item)
     return listed
 
 
@@ -248,6 +310,16 @@ def _check_call(obj: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> t
     return args
 
 
+# The filters that make text of their value (and arguments): str() of a list is all its items.
+_TEXT_FILTERS = frozenset(
+    [
+        *("string", "tojson", "pprint", "join", "format", "urlencode", "e", "escape", "forceescape"),
+        *("safe", "indent", "center", "truncate", "wordwrap", "title", "capitalize", "upper"),
+        *("lower", "trim", "striptags", "urlize", "replace", "wordcount", "xmlattr", "filesizeformat"),
+    ]
+)
+
+
 def _filter_args(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
     """The filters that can make a huge value (or loop long) from small arguments."""
     value = args[0] if args else None
@@ -256,6 +328,12 @@ def _filter_args(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tu
     def arg(index: int, key: str, default: Any = None) -> Any:
         return rest[index] if len(rest) > index else kwargs.get(key, default)
 
+    if name in _TEXT_FILTERS and not (name == "join" and arg(1, "attribute") is None):  # _joined counts
+        indent = arg(0, "indent") if name == "tojson" else 1 if name == "pprint" else 0
+        unit = indent if _is_int(indent) else len(indent) if isinstance(indent, str) else 0
+        _check_text(value, name, min(max(unit, 0), 64), wrap=name == "pprint")
+        if rest or kwargs:
+            _check_text((rest, kwargs), f"{name} arguments")
     if isinstance(value, str) and len(value) > 100_000:
         if name in ("list", "sort", "unique", "batch", "slice", "reverse"):
             _check_items(len(value), name)
@@ -316,6 +394,40 @@ def _limited_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
     return update_wrapper(limited, func)
 
 
+def _limited_test(func: Any) -> Any:
+    def limited(*args: Any, **kwargs: Any) -> Any:
+        _tick()
+        return func(*args, **kwargs)
+
+    return update_wrapper(limited, func)
+
+
+def _printable(value: Any) -> Any:
+    """What ``{{ }}`` outputs: refused before str() if its text would be too big."""
+    if type(value) is str:  # the usual case, quickly
+        if len(value) > MAX_VALUE:
+            raise _too_big(len(value), "the output")
+        return value
+    _check_text(value, "the output")
+    return value
+
+
+def _limited_join(join: Callable[[Iterable[Any]], str], values: tuple[Any, ...]) -> str:
+    """``a ~ b``: the operands' text counted before str() makes it."""
+    total = 0
+    for value in values:
+        kind = type(value)
+        if kind is str:
+            total += len(value)
+        elif kind is int:
+            total += value.bit_length() // 3
+        else:
+            total += _deep_size(value, MAX_VALUE - total)
+        if total > MAX_VALUE:
+            raise _too_big(total)
+    return _made(join(values))
+
+
 def _limited_iter(iterable: Iterable[Any]) -> Iterator[Any]:
     """What a ``{% for %}`` loop iterates over: one step per item."""
     for item in iterable:
@@ -353,9 +465,18 @@ class _LimitedCodeGenerator(CodeGenerator):
         super().visit_For(node, frame)
 
     def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
-        self.write("environment.limited_value(")
-        super().visit_Concat(node, frame)
-        self.write(")")
+        # jinja2's own, with each operand's text counted before str() makes it.
+        if frame.eval_ctx.volatile:
+            func_name = "(markup_join if context.eval_ctx.volatile else str_join)"
+        elif frame.eval_ctx.autoescape:
+            func_name = "markup_join"
+        else:
+            func_name = "str_join"
+        self.write(f"environment.limited_join({func_name}, (")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
 
 
 class _LimitedEnvironment(ImmutableSandboxedEnvironment):
@@ -365,7 +486,7 @@ class _LimitedEnvironment(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset(["+", "-", "*", "/", "//", "%", "**"])
     concat = staticmethod(_limited_concat)
     limited_iter = staticmethod(_limited_iter)
-    limited_value = staticmethod(_made)
+    limited_join = staticmethod(_limited_join)
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -373,6 +494,21 @@ class _LimitedEnvironment(ImmutableSandboxedEnvironment):
         del self.globals["lipsum"]
         for name, func in list(self.filters.items()):
             self.filters[name] = _limited_filter(name, func)
+        for name, func in list(self.tests.items()):
+            self.tests[name] = _limited_test(func)
+
+    # select('eq', ...), map(attribute=...), groupby: one step per item they look at.
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        _tick()
+        return super().getattr(obj, attribute)
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        _tick()
+        return super().getitem(obj, argument)
+
+    def call_test(self, name: str, value: Any, *args: Any, **kwargs: Any) -> Any:
+        _tick()
+        return super().call_test(name, value, *args, **kwargs)
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         _tick()
@@ -382,6 +518,8 @@ class _LimitedEnvironment(ImmutableSandboxedEnvironment):
     def call(self, context: Any, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
         _tick()
         args = _check_call(obj, args, kwargs)
+        if isinstance(obj, LoopContext) and args:  # loop(children) in a recursive for
+            args = (_limited_iter(args[0]), *args[1:])
         return _made(super().call(context, obj, *args, **kwargs))
 
     def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
@@ -397,6 +535,7 @@ class _LimitedEnvironment(ImmutableSandboxedEnvironment):
                 _check_brace_format(fmt, (), args[0])
             else:
                 _check_brace_format(fmt, args, kwargs)
+            _check_size(len(fmt) + _deep_size((args, kwargs)), "formatting")
             return _made(wrapped(*args, **kwargs))
 
         return limited
@@ -407,7 +546,7 @@ def _env(quote: bool = False) -> ImmutableSandboxedEnvironment:
         undefined=StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,
-        finalize=(lambda v: shlex.quote(str(v))) if quote else None,
+        finalize=(lambda v: shlex.quote(str(_printable(v)))) if quote else _printable,
     )
     return env
 
@@ -452,20 +591,22 @@ ROOTS = ("vars", "env", "steps", "run")
 
 # Names that are not plain data: any '_' attribute of them is refused by the sandbox.
 _OBJECT_NAMES = {"self", "loop", "caller"}
-# ``_TemplateReference__context``: a name-mangled private attribute.
-_MANGLED = re.compile(r"^_[A-Za-z][A-Za-z0-9]*__\w")
 
 
 def _never_allowed(name: str) -> bool:
-    """An attribute the sandbox refuses on every value: ``__class__``, ``_Foo__bar``."""
-    return name.startswith("_") and (hasattr(object, name) or bool(_MANGLED.match(name)))
+    """An attribute (``x.name``) the sandbox refuses on every value: ``__class__``, ``__doc__``.
+
+    Every value has them (so a dict's keys are never tried) and they start with '_'.
+    """
+    return name.startswith("_") and hasattr(object, name)
 
 
 def check_renderable(tree: nodes.Template) -> None:
     """Refuse what can never render, before anything runs.
 
-    - an attribute the sandbox always refuses (``''.__class__``, ``x._Foo__bar``, or
-      any ``_name`` of a literal or of a global such as ``cycler``);
+    - an attribute the sandbox always refuses (``x.__class__``, or any ``_name`` or
+      ``['_name']`` of a literal, of a global such as ``cycler``, of self/loop/caller);
+      ``_name`` of data is fine: ``steps.a.outputs._id`` is the item ``_id``;
     - a name that is neither a root (vars, env, steps, run), a global, nor set in the
       template itself (a loop variable, ``{% set %}``, a macro and its arguments);
     - a filter or test that does not exist;
@@ -483,17 +624,20 @@ def check_renderable(tree: nodes.Template) -> None:
             local.add("loop")
     known = {*ROOTS, *ENV.globals, "self", *local}
     objects = (_OBJECT_NAMES | set(ENV.globals)) - {n for n in local if n not in ("loop", "caller")}
-    # ``x is defined``, ``x | default(...)`` render whatever x is: they are not refused.
-    guarded = {
-        id(node.node)
+    # ``x is defined``, ``x | default(...)`` render whatever x is: they are not refused, nor
+    # is a name guarded so anywhere (``{% if x is defined %}{{ x }}{% endif %}``).
+    guarded_nodes = [
+        node.node
         for node in tree.find_all((nodes.Test, nodes.Filter))
         if node.name in (("defined", "undefined") if isinstance(node, nodes.Test) else ("default", "d"))
-    }
+    ]
+    guarded = {id(node) for node in guarded_nodes}
+    known |= {node.name for node in guarded_nodes if isinstance(node, nodes.Name)}
 
-    def refuse_attribute(base: nodes.Node, name: str) -> None:
+    def refuse_attribute(base: nodes.Node, name: str, item: bool = False) -> None:
         literal = isinstance(base, (nodes.Const, nodes.List, nodes.Tuple, nodes.TemplateData))
         global_object = isinstance(base, nodes.Name) and base.name in objects
-        if _never_allowed(name) or (name.startswith("_") and (literal or global_object)):
+        if (_never_allowed(name) and not item) or (name.startswith("_") and (literal or global_object)):
             raise TemplateError(f"template not allowed (sandbox): access to attribute {name!r} is unsafe")
 
     for node in tree.find_all(nodes.Node):
@@ -504,8 +648,8 @@ def check_renderable(tree: nodes.Template) -> None:
         if isinstance(node, nodes.Getattr):
             refuse_attribute(node.node, node.attr)
         elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const):
-            if isinstance(node.arg.value, str):
-                refuse_attribute(node.node, node.arg.value)
+            if isinstance(node.arg.value, str):  # data['__doc__'] is the item, if there is one
+                refuse_attribute(node.node, node.arg.value, item=True)
         elif isinstance(node, nodes.Filter):
             if node.name not in ENV.filters:
                 raise TemplateError(f"no filter named {node.name!r}")
@@ -604,12 +748,17 @@ class Placeholder:
         self._name = name
 
     def __getattr__(self, attr: str) -> Placeholder:
-        if attr.startswith("__"):
+        if attr.startswith("_"):  # as for a dict, the sandbox then tries placeholder['_x']
             raise AttributeError(attr)
         return Placeholder(f"{self._name}.{attr}")
 
     def __getitem__(self, key: Any) -> Placeholder:
         return Placeholder(f"{self._name}[{key!r}]")
+
+    def __iter__(self) -> Iterator[Placeholder]:
+        # Without it Python iterates placeholder[0], [1], ... forever. One item stands for
+        # the items not known yet: ``join`` and ``{% for %}`` preview as <steps.x.outputs.y[*]>.
+        return iter((Placeholder(f"{self._name}[*]"),))
 
     def __str__(self) -> str:
         return f"<{self._name}>"
@@ -672,6 +821,7 @@ def render_string(source: str, context: Mapping[str, Any], quote: bool = False) 
                 if isinstance(value, Placeholder):
                     return str(value)
                 _reject_undefined(value)  # raises UndefinedError with the name
+                _check_text(value, "the value")  # the runner copies it (JSON) after the limits
                 return value
             env = QUOTING_ENV if quote else ENV
             return env.from_string(source).render(**context)
@@ -708,6 +858,7 @@ def evaluate(expression: str, context: Mapping[str, Any]) -> Any:
         with _limits():
             value = ENV.compile_expression(expression, undefined_to_none=False)(**context)
             _reject_undefined(value)
+            _check_text(value, "the value")  # the runner copies it (JSON) after the limits
             return value
     except UndefinedError as exc:
         raise TemplateError(f"undefined in {expression!r}: {_one_line(exc)}") from exc
