@@ -102,3 +102,16 @@ class Interrupted(MigrationError):
     """SIGINT/SIGTERM: the run stopped cleanly and can be resumed."""
 
     exit_code = 130
+
+
+class InvalidDocument(Exception):
+    """Raise from a ``mongo.transform`` function to mark a document invalid.
+
+    The document is left as it is, counted as ``invalid`` and logged with the
+    message as its reason; it is not an error (``max_errors`` does not apply).
+    Any exception class named ``InvalidValue`` is treated the same way.
+    """
+
+    def __init__(self, reason: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason

@@ -26,9 +26,10 @@ Plan usage::
 
 from __future__ import annotations
 
-import importlib
 import re
 from typing import Any, Literal
+
+from migration.errors import InvalidDocument
 
 OLD_FIELD = "swift_bic_iban"
 IBAN_FIELD = "iban_number"
@@ -255,29 +256,10 @@ def iban_print_format(iban: str) -> str:
     return " ".join(iban[i : i + 4] for i in range(0, len(iban), 4))
 
 
-# Defined last: a step module that imports this recipe's classifiers at import time
-# finds them all even while this module is still importing it (circular import).
-def _invalid_document_class() -> type[Exception] | None:
-    """``mongo.transform``'s InvalidDocument, when that module defines it."""
-    try:
-        module = importlib.import_module("migration.steps.mongo.transform")
-    except ImportError:
-        return None
-    found = getattr(module, "InvalidDocument", None)
-    if isinstance(found, type) and issubclass(found, Exception):
-        return found
-    return None
-
-
-_INVALID_BASES: tuple[type[Exception], ...] = tuple(
-    base for base in (_invalid_document_class(), ValueError) if base is not None
-)
-
-
-class InvalidValue(*_INVALID_BASES):  # type: ignore[misc]
+class InvalidValue(InvalidDocument, ValueError):
     """A value that is neither an IBAN nor a SWIFT/BIC, or a document that cannot be split.
 
-    Subclasses ``mongo.transform``'s ``InvalidDocument`` (when available), so the
+    Subclasses ``mongo.transform``'s ``InvalidDocument``, so the
     step counts the document as ``invalid`` and keeps it as it is, and ValueError,
     so the classifiers can also serve as ``split`` classifiers.
     """

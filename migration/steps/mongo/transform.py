@@ -12,7 +12,7 @@ from pymongo.cursor import Cursor
 from pymongo.database import Database
 from pymongo.errors import CursorNotFound, PyMongoError
 
-from migration.errors import StepError
+from migration.errors import InvalidDocument, StepError
 from migration.steps.base import Step, StepContext, StepParams
 from migration.steps.mongo.callables import check_spec, load_callable
 from migration.steps.mongo.common import connect, server_info
@@ -32,6 +32,8 @@ from migration.steps.mongo.query_filters import check_filter, check_filter_on_se
 from migration.steps.mongo.record_log import InflightJournal, RecordLog, new_path
 from migration.steps.registry import register
 
+__all__ = ["InvalidDocument", "MongoTransform"]
+
 COUNTERS = ("total", "migrated", "skipped", "invalid", "errors", "conflicts")
 COUNTER_OF_STATUS = {
     "migrated": "migrated",
@@ -40,19 +42,6 @@ COUNTER_OF_STATUS = {
     "error": "errors",
     "conflict": "conflicts",
 }
-
-
-class InvalidDocument(Exception):
-    """Raise from a transform function to mark a document invalid.
-
-    The document is left as it is, counted as ``invalid`` and logged with the
-    message as its reason; it is not an error (``max_errors`` does not apply).
-    Any exception class named ``InvalidValue`` is treated the same way.
-    """
-
-    def __init__(self, reason: str = "") -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 def _query(base: dict[str, Any], last_id: Any) -> dict[str, Any]:
