@@ -35,18 +35,30 @@ def _with_credentials(url: str, user: str, password: str) -> str:
 @pytest.fixture
 def secret_urls(context: Context) -> Iterator[tuple[str, str, str]]:
     """(a URL with a password the server accepts, one it refuses, the plain URL of that database)."""
+    import pymongo
+
     server = context.mongo_server
-    if not server.is_ferretdb:
-        pytest.skip("needs a server that accepts any password: FerretDB over PostgreSQL with trust auth")
     name = f"rel_secret_{uuid.uuid4().hex[:10]}"
     plain = server.database_url(name)
-    # FerretDB passes PLAIN credentials to PostgreSQL, which trusts local connections.
-    good = _with_credentials(plain, "postgres", PASSWORD_IN_URL) + "?authMechanism=PLAIN"
-    bad = _with_credentials(plain, "intruder", PASSWORD_IN_URL) + "?authMechanism=PLAIN"
     seed(plain, 30)
+    user = None
+    if server.is_ferretdb:
+        # FerretDB passes PLAIN credentials to PostgreSQL, which trusts local connections.
+        good = _with_credentials(plain, "postgres", PASSWORD_IN_URL) + "?authMechanism=PLAIN"
+        bad = _with_credentials(plain, "intruder", PASSWORD_IN_URL) + "?authMechanism=PLAIN"
+    else:
+        # MongoDB checks the SCRAM credentials of a user it knows, with or without --auth.
+        user = f"rel_user_{uuid.uuid4().hex[:8]}"
+        with pymongo.MongoClient(plain) as client:
+            client[name].command("createUser", user, pwd=PASSWORD, roles=["readWrite"])
+        good = _with_credentials(plain, user, PASSWORD_IN_URL) + f"?authSource={name}"
+        bad = _with_credentials(plain, "intruder", PASSWORD_IN_URL) + f"?authSource={name}"
     try:
         yield good, bad, plain
     finally:
+        if user is not None:
+            with pymongo.MongoClient(plain) as client:
+                client[name].command("dropUser", user)
         drop_database(plain)
 
 
