@@ -174,3 +174,30 @@ def pid_alive(pid: int) -> bool:
 def assert_no_traceback(result: subprocess.CompletedProcess[str] | str) -> None:
     text = result if isinstance(result, str) else result.stdout + result.stderr
     assert "Traceback" not in text, text
+
+
+SMALL_FS_SKIP = "a size-limited filesystem needs root (mount -t tmpfs): run the tests as root, as CI does"
+
+
+def tmpfs(directory: Path, size: str) -> bool:
+    """Mount a size-limited tmpfs on ``directory``; False when not root.
+
+    As root (CI, this machine) mounting must work: a failure fails the test rather
+    than skipping it. Without root the caller uses its fallback or skips, saying
+    :data:`SMALL_FS_SKIP`.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        return False
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(directory)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, f"mount -t tmpfs failed as root: {done.stderr.strip()}"
+    return True
+
+
+def umount(directory: Path) -> None:
+    """Undo :func:`tmpfs` (lazily: a process may still hold a file there)."""
+    subprocess.run(["umount", "-l", str(directory)], capture_output=True)

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from bson import Binary, Int64, ObjectId, Regex, Timestamp
 from bson import encode as bson_encode
+from helpers import SMALL_FS_SKIP, tmpfs, umount
 
 from migration.errors import Interrupted, StepError
 from migration.steps.base import ProgressReporter, StepContext
@@ -486,20 +487,11 @@ def test_disk_filling_up_during_backup_fails_cleanly(mongo_url: str, mongo_db: A
     assert list((tmp_path / "backups").iterdir()) == []
 
 
-def _mount_tmpfs(path: Path) -> bool:
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        return False
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(path)], capture_output=True
-    )
-    return done.returncode == 0
-
-
 def test_backup_onto_a_full_filesystem_fails_cleanly(mongo_url: str, mongo_db: Any, tmp_path: Path) -> None:
     small = tmp_path / "small-disk"
-    small.mkdir()
-    if not _mount_tmpfs(small):
-        pytest.skip("needs root and `mount -t tmpfs` for a size-limited filesystem")
+    if not tmpfs(small, "256k"):
+        # Without root, test_disk_filling_up_during_backup_fails_cleanly (RLIMIT_FSIZE) covers it.
+        pytest.skip(SMALL_FS_SKIP)
     try:
         mongo_db.Big.insert_many([{"_id": i, "payload": "y" * 1000} for i in range(400)])
         with pytest.raises(StepError) as failure:
@@ -509,7 +501,7 @@ def test_backup_onto_a_full_filesystem_fails_cleanly(mongo_url: str, mongo_db: A
         assert "was removed" in message
         assert list(small.iterdir()) == []
     finally:
-        subprocess.run(["umount", str(small)], check=True)
+        umount(small)
 
 
 @pytest.mark.slow

@@ -179,7 +179,11 @@ def mongo_tools() -> Path:
     try:
         return mongotools.install()
     except mongotools.ToolsUnavailable as exc:
-        pytest.skip(f"mongodump/mongorestore unavailable (scripts/mongotools.py): {exc}")
+        # Ends the day the tools can be had: on PATH, or buildable from the Go proxy.
+        pytest.skip(
+            f"mongodump/mongorestore unavailable: {exc}; put both on PATH (or let scripts/mongotools.py "
+            "build them from the Go module proxy) to run these tests"
+        )
 
 
 def run_tool(tool: Path, *args: str) -> None:

@@ -13,7 +13,6 @@ import _thread
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -314,23 +313,6 @@ def kill_and_reap(proc: Launched, sig: signal.Signals = signal.SIGKILL, timeout:
 
 
 # -- small disks ---------------------------------------------------------------------------
-
-
-def tmpfs(directory: Path, size: str) -> bool:
-    """Mount a size-limited tmpfs on ``directory`` (root only); False when that is not possible."""
-    directory.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        return False
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(directory)],
-        capture_output=True,
-    )
-    return done.returncode == 0
-
-
-def umount(directory: Path) -> None:
-    """Undo :func:`tmpfs` (lazily: a process may still hold a file there)."""
-    subprocess.run(["umount", "-l", str(directory)], capture_output=True)
 
 
 # -- in-process runs (click's CliRunner) ---------------------------------------------------

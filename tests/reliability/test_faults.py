@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import testdb
-from helpers import assert_no_traceback
+from helpers import assert_no_traceback, tmpfs, umount
 
 from migration.demo.seed import seed
 
@@ -30,8 +30,6 @@ from .harness import (
     SubprocessLauncher,
     Workspace,
     step_statuses,
-    tmpfs,
-    umount,
 )
 from .plans import database_checksums, write
 

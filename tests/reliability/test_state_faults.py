@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import assert_no_traceback, migration_batch
+from helpers import SMALL_FS_SKIP, assert_no_traceback, migration_batch, tmpfs, umount
 
-from .harness import TALLY, ForkLauncher, SubprocessLauncher, Workspace, tmpfs, umount
+from .harness import TALLY, ForkLauncher, SubprocessLauncher, Workspace
 from .plans import write
 
 STATE_FILL_PLAN = """
@@ -44,7 +44,8 @@ def test_state_disk_full_mid_run_is_a_clear_error_and_resumes_once_freed(
 ) -> None:
     state_dir = tmp_path / "state"
     if not tmpfs(state_dir, "1m"):
-        pytest.skip("needs root to mount a tmpfs (RLIMIT_FSIZE would also stop the filler step)")
+        # RLIMIT_FSIZE is no fallback here: it would stop the filler step too.
+        pytest.skip(SMALL_FS_SKIP)
     try:
         write(tmp_path / "plan.yaml", STATE_FILL_PLAN)
         ws = Workspace(tmp_path, "fault-state-disk", fork_launcher)
