@@ -11,7 +11,6 @@ else is a ``conflict`` and is never overwritten.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +24,7 @@ from migration.steps.mongo.documents import (
     UpdateError,
     apply_update,
     as_stored,
+    copy_value,
     diff,
     get_path,
     guard,
@@ -86,14 +86,14 @@ class Planner:
         doc_id = doc["_id"]
         try:
             if self.function is not None:
-                update = self.function(copy.deepcopy(doc))
+                update = self.function(copy_value(doc))
                 if update is None:
                     return Planned(doc_id, doc, "skipped", "the function returned None")
-                after = apply_update(doc, update)
+                # ``doc`` is as read, so only the values set need their stored form.
+                after = apply_update(doc, update, stored=True)
             else:
                 assert self.program is not None
-                after = self.program.apply(doc)
-            after = as_stored(after)
+                after = as_stored(self.program.apply(doc))
             if not same(after.get("_id", MISSING), doc_id):
                 raise UpdateError("a transform may not change _id")
             update = diff(doc, after)

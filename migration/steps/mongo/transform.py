@@ -8,83 +8,22 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 from pymongo.collection import Collection
-from pymongo.cursor import Cursor
 from pymongo.database import Database
-from pymongo.errors import CursorNotFound, PyMongoError
+from pymongo.errors import PyMongoError
 
 from migration.errors import InvalidDocument, StepError
 from migration.steps.base import Step, StepContext, StepParams
 from migration.steps.mongo.callables import check_spec, load_callable
 from migration.steps.mongo.common import connect, server_info
-from migration.steps.mongo.documents import (
-    MISSING,
-    after_id,
-    decode_id,
-    encode_id,
-    get_path,
-    id_key,
-    show_id,
-    to_json,
-)
-from migration.steps.mongo.guarded_writes import GuardedWriter, Outcome, Planned, Planner
+from migration.steps.mongo.documents import MISSING, decode_id, encode_id, get_path, show_id, to_json
+from migration.steps.mongo.guarded_writes import GuardedWriter, Planned, Planner
 from migration.steps.mongo.operations import Operation, OperationsProgram, describe
 from migration.steps.mongo.query_filters import check_filter, check_filter_on_server
-from migration.steps.mongo.record_log import InflightJournal, RecordLog, new_path
+from migration.steps.mongo.record_log import new_path
+from migration.steps.mongo.transform_batches import COUNTERS, BatchLoop, Position, resume_query
 from migration.steps.registry import register
 
 __all__ = ["InvalidDocument", "MongoTransform"]
-
-COUNTERS = ("total", "migrated", "skipped", "invalid", "errors", "conflicts")
-COUNTER_OF_STATUS = {
-    "migrated": "migrated",
-    "skipped": "skipped",
-    "invalid": "invalid",
-    "error": "errors",
-    "conflict": "conflicts",
-}
-
-
-def _query(base: dict[str, Any], last_id: Any) -> dict[str, Any]:
-    if last_id is None:
-        return base
-    return {"$and": [base, after_id(last_id)]} if base else after_id(last_id)
-
-
-class _Reader:
-    """Documents through ONE cursor sorted by ``_id``, taken a batch at a time.
-
-    Not re-queried per batch: FerretDB never pushes a range filter down, so a
-    ``$gt`` query per batch would scan the collection each time (quadratic). The
-    cursor is reopened after the last document read only if the server drops it.
-    """
-
-    def __init__(self, collection: Collection[Any], base: dict[str, Any], last_id: Any, size: int):
-        self.collection = collection
-        self.base = base
-        self.last_id = last_id
-        self.size = size
-        self.cursor = self._open()
-
-    def _open(self) -> Cursor[Any]:
-        query = _query(self.base, self.last_id)
-        return self.collection.find(query, sort=[("_id", 1)], batch_size=self.size)
-
-    def take(self) -> list[dict[str, Any]]:
-        batch: list[dict[str, Any]] = []
-        while len(batch) < self.size:
-            try:
-                doc = next(self.cursor)
-            except StopIteration:
-                break
-            except CursorNotFound:
-                self.cursor = self._open()
-                continue
-            batch.append(doc)
-            self.last_id = doc["_id"]
-        return batch
-
-    def close(self) -> None:
-        self.cursor.close()
 
 
 @register
@@ -206,13 +145,13 @@ class _Run:
             raise StepError(f"collection {name!r} does not exist in database {self.db.name!r}")
         return self.db[name]
 
-    def _resume(self) -> tuple[Any, dict[str, int], Path | None, int | None]:
+    def _resume(self) -> Position:
         saved = self.ctx.resume or {}
         if "counters" not in saved:
-            return None, dict.fromkeys(COUNTERS, 0), None, None
+            return Position(None)
         if saved.get("collection") not in (None, self.params.collection):
             self.ctx.log.warning("progress saved for another collection ignored", saved=saved)
-            return None, dict.fromkeys(COUNTERS, 0), None, None
+            return Position(None)
         last = None if saved.get("last_id") is None else decode_id(saved["last_id"])
         counters = {k: int(saved["counters"].get(k, 0)) for k in COUNTERS}
         log = Path(saved["log"]) if saved.get("log") else None
@@ -220,127 +159,52 @@ class _Run:
         if log is not None and not log.exists() and offset:
             self.ctx.log.warning("the log of the interrupted attempt is gone; starting a new one")
             log = None
-        return last, counters, log, offset if log is not None else None
+        return Position(last, counters, log, offset if log is not None else 0)
 
     def execute(self) -> dict[str, Any]:
         ctx, params = self.ctx, self.params
-        last_id, counters, log_path, offset = self._resume()
+        start = self._resume()
         ferretdb = server_info(self.db.client)["ferretdb"]
         writer = GuardedWriter(self.collection, ferretdb, ctx.redact, ctx.check_stop)
-        if log_path is None:
-            log_path = new_path(ctx.path(params.log_dir), "migration-log")
+        if start.log is None:
+            start.log = new_path(ctx.path(params.log_dir), "migration-log")
             # Names the log (and its in-flight journal) for a crash in the first
             # batch; recorded before the file exists, so a crash leaves no orphan.
-            self._progress(last_id, counters, log_path, 0)
-        log = RecordLog(log_path, offset)
-        remaining = self.collection.count_documents(_query(params.filter, last_id))
+            self._progress(start)
+        remaining = self.collection.count_documents(resume_query(params.filter, start.last_id))
+        resumed = start.last_id is not None or start.counters["total"]
         ctx.log.info(
-            "transform resumed" if last_id is not None or counters["total"] else "transform started",
+            "transform resumed" if resumed else "transform started",
             collection=params.collection,
             documents=remaining,
-            after_id=None if last_id is None else show_id(last_id),
-            log=str(log_path),
+            after_id=None if start.last_id is None else show_id(start.last_id),
+            log=str(start.log),
         )
-        journal = InflightJournal(log_path)
-        replay = journal.load(last_id)
-        reader = _Reader(self.collection, params.filter, last_id, params.batch_size)
-        try:
-            with ctx.progress_bar(f"transform {params.collection}", remaining) as bar:
-                batch = reader.take()
-                while batch:
-                    ctx.check_stop()
-                    if replay:
-                        batch = [replay.pop(id_key(doc["_id"]), doc) for doc in batch]
-                    planned, breach = self._plan(batch, counters)
-                    to_write = [p.before for p in planned if p.status == "write"]
-                    if to_write:
-                        journal.save(last_id, to_write)
-                    outcomes = writer.write(planned)
-                    for outcome in outcomes:
-                        self._record(log, outcome, counters)
-                    offset = log.commit()
-                    bar.advance(len(planned))
-                    if breach is not None:
-                        self._fail(log, breach, planned, last_id, counters, offset)
-                    if counters["errors"] > params.max_errors:
-                        # Refused by the server: no progress for this batch, so a re-run
-                        # replays it from the journal and retries what failed.
-                        last = [o for o in outcomes if o.status == "error"][-1]
-                        self._too_many_errors(last.planned, last.reason, counters, log.path)
-                    last_id = batch[-1]["_id"]
-                    # Read the next batch before recording progress: whatever happens
-                    # to a document after it was read is then caught by its guard.
-                    upcoming = reader.take()
-                    self._progress(last_id, counters, log_path, offset)
-                    batch = upcoming
-            journal.remove()
-        finally:
-            reader.close()
-            log.close()
-        ctx.log.info("transform finished", collection=params.collection, log=str(log_path), **counters)
-        return {**counters, "log": str(log_path)}
+        with ctx.progress_bar(f"transform {params.collection}", remaining) as bar:
+            loop = BatchLoop(
+                self.collection,
+                self.planner,
+                writer,
+                base=params.filter,
+                batch_size=params.batch_size,
+                max_errors=params.max_errors,
+                record=self._progress,
+                check_stop=ctx.check_stop,
+                log=ctx.log,
+                advance=bar.advance,
+            )
+            end = loop.run(start)
+        counters, log_path = end.counters, str(end.log)
+        ctx.log.info("transform finished", collection=params.collection, log=log_path, **counters)
+        return {**counters, "log": log_path}
 
-    def _plan(
-        self, batch: list[dict[str, Any]], counters: dict[str, int]
-    ) -> tuple[list[Planned], Planned | None]:
-        """Plan a batch; stop at the document whose error exceeds ``max_errors``."""
-        planned: list[Planned] = []
-        errors = counters["errors"]
-        for doc in batch:
-            item = self.planner.plan(doc)
-            if item.status == "error":
-                errors += 1
-                if errors > self.params.max_errors:
-                    return planned, item
-            planned.append(item)
-        return planned, None
-
-    def _record(self, log: RecordLog, outcome: Outcome, counters: dict[str, int]) -> None:
-        p = outcome.planned
-        after = p.after if outcome.status in ("migrated", "conflict") else None
-        log.write(p.doc_id, outcome.status, outcome.reason, p.before, after, outcome.current)
-        counters["total"] += 1
-        counters[COUNTER_OF_STATUS[outcome.status]] += 1
-        if outcome.status in ("error", "conflict"):
-            self.ctx.log.warning(outcome.status, id=show_id(p.doc_id), reason=outcome.reason)
-        elif outcome.status == "invalid":
-            self.ctx.log.info("invalid document", id=show_id(p.doc_id), reason=outcome.reason)
-
-    def _progress(self, last_id: Any, counters: dict[str, int], log: Path, offset: int) -> None:
+    def _progress(self, position: Position) -> None:
         self.ctx.progress(
-            last_id=None if last_id is None else encode_id(last_id),
-            counters=dict(counters),
-            log=str(log),
-            log_offset=offset,
+            last_id=None if position.last_id is None else encode_id(position.last_id),
+            counters=dict(position.counters),
+            log=str(position.log),
+            log_offset=position.log_offset,
             collection=self.params.collection,
-        )
-
-    def _fail(
-        self,
-        log: RecordLog,
-        breach: Planned,
-        planned: list[Planned],
-        last_id: Any,
-        counters: dict[str, int],
-        offset: int,
-    ) -> None:
-        """Record progress up to the failing document (a re-run retries it), then fail."""
-        if planned:
-            last_id = planned[-1].doc_id
-        self._progress(last_id, counters, log.path, offset)
-        outputs = {**counters, "total": counters["total"] + 1, "errors": counters["errors"] + 1}
-        log.write(breach.doc_id, "error", breach.reason, breach.before, None)
-        log.commit()
-        self.ctx.log.warning("error", id=show_id(breach.doc_id), reason=breach.reason)
-        self._too_many_errors(breach, breach.reason, outputs, log.path)
-
-    def _too_many_errors(
-        self, last: Planned, reason: str | None, counters: dict[str, int], log: Path
-    ) -> None:
-        raise StepError(
-            f"too many errors ({counters['errors']}, max_errors {self.params.max_errors}); last: "
-            f"_id {show_id(last.doc_id)}: {reason} (every record is in {log})",
-            outputs={**counters, "log": str(log)},
         )
 
     def preview(self) -> str:
@@ -349,7 +213,7 @@ class _Run:
         saved = self.ctx.resume or {}
         if saved.get("last_id") is not None and saved.get("collection") in (None, params.collection):
             resumed_after = decode_id(saved["last_id"])
-        query = _query(params.filter, resumed_after)
+        query = resume_query(params.filter, resumed_after)
         count = self.collection.count_documents(query)
         mode = params.function or describe(params.operations or [])
         lines = [
