@@ -367,3 +367,33 @@ def after_id(last_id: Any) -> dict[str, Any]:
     if not later:
         return greater
     return {"$or": [greater, {"_id": {"$type": later}}]}
+
+
+def _type_aliases(brackets: list[tuple[str, ...]]) -> list[str]:
+    return [alias for group in brackets for alias in group]
+
+
+def id_at_or_after(bound: Any) -> dict[str, Any]:
+    """A filter for the ``_id`` values that sort at or after ``bound`` (BSON order, across types)."""
+    bracket = _bracket(bound)
+    condition: dict[str, Any] = {"_id": {"$gte": bound}}
+    later = [] if bracket is None else _type_aliases(_TYPE_BRACKETS[bracket + 1 :])
+    return {"$or": [condition, {"_id": {"$type": later}}]} if later else condition
+
+
+def id_before(bound: Any) -> dict[str, Any]:
+    """A filter for the ``_id`` values that sort before ``bound``: the complement of
+    :func:`id_at_or_after` for every ``_id`` of a bracketed type."""
+    bracket = _bracket(bound)
+    condition: dict[str, Any] = {"_id": {"$lt": bound}}
+    earlier = [] if bracket is None else _type_aliases(_TYPE_BRACKETS[:bracket])
+    return {"$or": [condition, {"_id": {"$type": earlier}}]} if earlier else condition
+
+
+# _id types whose order both MongoDB and FerretDB 1.x compare alike in range filters.
+RANGE_ID_TYPES = frozenset({int, Int64, float, str, ObjectId, datetime})
+
+
+def is_range_id(value: Any) -> bool:
+    """Whether ``_id`` ranges can be cut at ``value`` (and must include it) portably."""
+    return type(value) in RANGE_ID_TYPES and not (type(value) is float and math.isnan(value))

@@ -38,6 +38,9 @@ from migration.steps.mongo.operations import OperationOutcome, OperationsProgram
 # a command of 50 or more statements never finishes and wedges the server. Keep
 # commands well below that.
 FERRETDB_STATEMENTS_PER_COMMAND = 20
+# Concurrent writers (``workers``) share that pool: all their statements in flight
+# together stay under this, so no mix of half-done commands can exhaust it.
+FERRETDB_STATEMENTS_IN_FLIGHT = 40
 
 INVALID_EXCEPTION_NAMES = frozenset({"InvalidDocument", "InvalidValue"})
 
@@ -120,9 +123,14 @@ class GuardedWriter:
         ferretdb: bool,
         redact: Callable[[str], str],
         check_stop: Callable[[], None] = lambda: None,
+        *,
+        concurrent_writers: int = 1,
     ) -> None:
         self.collection = collection
-        self.chunk = FERRETDB_STATEMENTS_PER_COMMAND if ferretdb else 0
+        self.chunk = 0
+        if ferretdb:
+            shared = max(1, FERRETDB_STATEMENTS_IN_FLIGHT // max(1, concurrent_writers))
+            self.chunk = min(FERRETDB_STATEMENTS_PER_COMMAND, shared)
         self.redact = redact
         # Stopping between chunks is safe: the batch is journaled and not yet
         # recorded as done, so a re-run replays it.

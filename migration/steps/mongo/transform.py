@@ -18,9 +18,23 @@ from migration.steps.mongo.common import connect, server_info
 from migration.steps.mongo.documents import MISSING, decode_id, encode_id, get_path, show_id, to_json
 from migration.steps.mongo.guarded_writes import GuardedWriter, Planned, Planner
 from migration.steps.mongo.operations import Operation, OperationsProgram, describe
+from migration.steps.mongo.partitions import (
+    PartitionRecord,
+    Unsplittable,
+    boundaries,
+    new_records,
+    remove_parts,
+)
 from migration.steps.mongo.query_filters import check_filter, check_filter_on_server
 from migration.steps.mongo.record_log import new_path
-from migration.steps.mongo.transform_batches import COUNTERS, BatchLoop, Position, resume_query
+from migration.steps.mongo.transform_batches import (
+    COUNTERS,
+    BatchLoop,
+    Position,
+    resume_query,
+    zero_counters,
+)
+from migration.steps.mongo.transform_workers import PartitionedRun, WorkerSpec
 from migration.steps.registry import register
 
 __all__ = ["InvalidDocument", "MongoTransform"]
@@ -51,6 +65,20 @@ class MongoTransform(Step["MongoTransform.Params"]):
     fails the step. ``batch_size`` 500 keeps the per-batch fsyncs (log, progress)
     negligible while a crash re-applies at most 500 updates. Dry run: counts the
     matches and shows ``sample`` before/after diffs, writing nothing.
+
+    ``workers: N`` (default 1) cuts the matching documents into N ``_id`` ranges
+    (``$bucketAuto`` where the server has it, else a scan of the ``_id`` values)
+    transformed by N worker processes, each with its own guarded batches; the
+    progress of every range is recorded after each of its batches, so a re-run
+    after a crash, a SIGKILL included, resumes each range after its last
+    committed batch. The ranges' logs are then joined, in ``_id`` order, into the
+    one ``log``: outputs and log are those of a one-worker run. ``max_errors``
+    counts the errors of all ranges (checked after each batch: other ranges may
+    have gone a batch further when it fails). Collections whose ``_id`` values
+    are not all numbers, strings, ObjectIds or dates run with one worker. On
+    FerretDB 1.x the workers share its statement budget (fewer updates per
+    command each) and every range query reads the whole collection there, so
+    workers help on servers that index ``_id`` ranges.
 
     Outputs: ``total``, ``migrated``, ``skipped``, ``invalid``, ``errors``,
     ``conflicts``, ``log`` (path of the per-record log).
@@ -86,6 +114,9 @@ class MongoTransform(Step["MongoTransform.Params"]):
         max_errors: int = Field(default=0, ge=0, description="fail when errors exceed this")
         sample: int = Field(default=5, ge=0, le=1000, description="diffs shown by a dry run")
         log_dir: str = Field(default="backups", description="folder of migration-log-<ts>.json")
+        workers: int = Field(
+            default=1, ge=1, le=64, description="worker processes, each transforming an _id range"
+        )
 
         @field_validator("function")
         @classmethod
@@ -162,9 +193,22 @@ class _Run:
         return Position(last, counters, log, offset if log is not None else 0)
 
     def execute(self) -> dict[str, Any]:
+        ferretdb = server_info(self.db.client)["ferretdb"]
+        saved = self.ctx.resume or {}
+        ours = saved.get("collection") in (None, self.params.collection)
+        if ours and saved.get("partitions"):
+            resumed = self._partitioned(saved, ferretdb)
+            assert resumed is not None
+            return resumed
+        if not (ours and "counters" in saved) and self.params.workers > 1:
+            outputs = self._partitioned(None, ferretdb)
+            if outputs is not None:
+                return outputs
+        return self._single(ferretdb)
+
+    def _single(self, ferretdb: bool) -> dict[str, Any]:
         ctx, params = self.ctx, self.params
         start = self._resume()
-        ferretdb = server_info(self.db.client)["ferretdb"]
         writer = GuardedWriter(self.collection, ferretdb, ctx.redact, ctx.check_stop)
         if start.log is None:
             start.log = new_path(ctx.path(params.log_dir), "migration-log")
@@ -197,6 +241,63 @@ class _Run:
         counters, log_path = end.counters, str(end.log)
         ctx.log.info("transform finished", collection=params.collection, log=log_path, **counters)
         return {**counters, "log": log_path}
+
+    def _partitioned(self, saved: dict[str, Any] | None, ferretdb: bool) -> dict[str, Any] | None:
+        """The ``workers`` run (see ``transform_workers``); None: one worker after all."""
+        ctx, params = self.ctx, self.params
+        if saved is not None:
+            log, records = Path(saved["log"]), list(saved["partitions"])
+        else:
+            try:
+                cuts = boundaries(self.collection, params.filter, params.workers, not ferretdb)
+            except Unsplittable as exc:
+                ctx.log.warning("transform with one worker: _id ranges cannot be cut", reason=str(exc))
+                return None
+            if not cuts:
+                return None  # too few documents to split
+            log = new_path(ctx.path(params.log_dir), "migration-log")
+            records = new_records(cuts, log, zero_counters())
+
+        def save(current: list[PartitionRecord], merged: bool = False) -> None:
+            copies = [PartitionRecord(**{**r, "counters": dict(r["counters"])}) for r in current]
+            totals = {k: sum(r["counters"][k] for r in copies) for k in COUNTERS}
+            fields = {"log": str(log), "partitions": copies, "counters": totals, "merged": merged}
+            ctx.progress(collection=params.collection, **fields)
+
+        if saved is None:
+            save(records)
+        elif saved.get("merged"):
+            remove_parts(records)  # a crash came after the merge: only the outputs are left to give
+            return {**saved["counters"], "log": str(log)}
+        done = sum(int(r["counters"].get("total", 0)) for r in records)
+        remaining = max(0, self.collection.count_documents(params.filter) - done)
+        ctx.log.info(
+            "transform resumed" if saved is not None else "transform started",
+            collection=params.collection,
+            documents=remaining,
+            workers=params.workers,
+            partitions=len(records),
+            log=str(log),
+        )
+        spec = WorkerSpec(
+            uri=params.uri,
+            collection=params.collection,
+            function=params.function,
+            operations=None if params.operations is None else [o.model_dump() for o in params.operations],
+            filter=params.filter,
+            batch_size=params.batch_size,
+            max_errors=params.max_errors,
+            workdir=ctx.workdir,
+            env=dict(ctx.env),
+            redact=ctx.redact,
+            ferretdb=ferretdb,
+            workers=params.workers,
+        )
+        with ctx.progress_bar(f"transform {params.collection}", remaining) as bar:
+            run = PartitionedRun(spec, records, log, save, ctx.check_stop, ctx.log, bar.advance)
+            outputs = run.execute()
+        ctx.log.info("transform finished", collection=params.collection, **outputs)
+        return outputs
 
     def _progress(self, position: Position) -> None:
         self.ctx.progress(
