@@ -85,7 +85,7 @@ def _table(figures: list[Figure]) -> list[str]:
         rss = f"{row['peak_rss_mb']:.0f}" if "peak_rss_mb" in row else ""
         cpu = f"{row['client_cpu_seconds']:.2f}" if "client_cpu_seconds" in row else ""
         notes = [figure.note] if figure.note else []
-        shown = ("ratio", "speedup", "update_one", "guarded")
+        shown = ("ratio", "speedup", "update_one", "guarded", "cpu_us")
         notes += [f"{k}={v}" for k, v in figure.extra.items() if k.startswith(shown)]
         seconds = _cell_seconds(figure)
         if figure.name.startswith(("per step", "one find_one")) and figure.samples:
