@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,18 +126,22 @@ class ServerKind:
         return f"MongoDB {self.version}"
 
 
-def detect_server(client: MongoClient[Any]) -> ServerKind:
-    """What :class:`ServerKind` the client talks to (one ``buildInfo``)."""
-    build = client.admin.command("buildInfo")
+def kind_from_build_info(build: Mapping[str, Any]) -> ServerKind:
+    """A :class:`ServerKind` from a ``buildInfo`` reply."""
     version = str(build.get("version", ""))
     if isinstance(build.get("ferretdbVersion"), str):
         return ServerKind(version, str(build["ferretdbVersion"]))
     nested = build.get("ferretdb")
-    if isinstance(nested, dict):
+    if isinstance(nested, Mapping):
         return ServerKind(version, str(nested.get("version") or "v?"))
     if nested is not None:
         return ServerKind(version, "v?")
     return ServerKind(version)
+
+
+def detect_server(client: MongoClient[Any]) -> ServerKind:
+    """What :class:`ServerKind` the client talks to (one ``buildInfo``)."""
+    return kind_from_build_info(client.admin.command("buildInfo"))
 
 
 def server_info(client: MongoClient[Any]) -> dict[str, Any]:

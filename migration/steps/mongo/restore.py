@@ -160,7 +160,7 @@ def restore_native(
     On FerretDB 1.x an insert command carries at most
     :data:`~migration.steps.mongo.common.FERRETDB1_STATEMENTS_PER_COMMAND` documents.
     """
-    batch_docs = server.statements_per_command or INSERT_BATCH_DOCS
+    batch_docs = min(INSERT_BATCH_DOCS, server.statements_per_command or INSERT_BATCH_DOCS)
     metadata = read_metadata(dumped.metadata) if dumped.metadata else {}
     options = metadata.get("options") or {}
     _create_collection(db, dumped.name, dict(options), warn)
