@@ -225,8 +225,10 @@ class MongoBackup(Step["MongoBackup.Params"]):
     Writes ``<out>/backup-<UTC timestamp>/mongodb-dump/<db>/<collection>.bson`` and
     ``.metadata.json`` (``.gz`` with ``gzip``), ``stats.json`` and
     ``backup-manifest.json`` (per collection: count, bytes, SHA-256; ``totalRecords``,
-    server version, created_at). The native tool streams raw BSON in ``_id`` order,
-    never decoding documents, so memory stays flat. Everything is written into a
+    server version, created_at). File names are mongodump's: ``url.QueryEscape`` of the
+    collection name, long ones cut as mongodump cuts them (docs/backups.md). The
+    native tool streams raw BSON in ``_id`` order, never decoding documents, so
+    memory stays flat. Everything is written into a
     ``.partial`` folder renamed at the very end; a failed backup is removed, and
     says so. Counts taken before and after the dump must agree with what was
     written: a difference means something is still writing (stop the application).
