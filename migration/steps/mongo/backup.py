@@ -197,6 +197,12 @@ class _Dump:
         scratch_name = f"{client_db.name[:40]}_verify_{secrets.token_hex(4)}"
         scratch = client[scratch_name]
         server = detect_server(client)
+        if server.statements_per_command:
+            self.ctx.log.info(
+                "FerretDB 1.x workaround: inserts capped",
+                server=server.name,
+                statements_per_command=server.statements_per_command,
+            )
         chosen = self.dumped(entries)
         self.ctx.log.info("verify by restore", scratch_database=scratch_name)
         try:

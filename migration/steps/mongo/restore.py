@@ -320,6 +320,12 @@ class MongoRestore(Step["MongoRestore.Params"]):
                     server=server.name,
                     statements_per_command=server.statements_per_command,
                 )
+                if params.tool == "mongorestore":
+                    warn(
+                        f"mongorestore adds ns to every index spec, which {server.name} refuses "
+                        '(Index option "ns" is unknown): collections with indexes may fail; '
+                        "tool: native restores them"
+                    )
             names = {d.name for d in chosen}
             existing = set(db.list_collection_names())
             left_alone = sorted(n for n in existing - names if not n.startswith("system."))
