@@ -167,7 +167,7 @@ class GuardedWriter:
         except BulkWriteError as exc:
             details = exc.details or {}
             errors = {
-                int(e["index"]): self.redact(str(e.get("errmsg", "write failed")))
+                int(e["index"]): self.redact(_with_code(e.get("errmsg", "write failed"), e.get("code")))
                 for e in details.get("writeErrors", [])
             }
             return int(details.get("nMatched", 0)), errors
@@ -184,7 +184,7 @@ class GuardedWriter:
             try:
                 matched += self.collection.update_one(condition, update).matched_count
             except OperationFailure as exc:
-                errors[index] = self.redact(str((exc.details or {}).get("errmsg") or exc))
+                errors[index] = self.redact(_with_code((exc.details or {}).get("errmsg") or exc, exc.code))
         return matched, errors
 
     def _classify(self, recheck: list[tuple[int, Planned]]) -> dict[int, Outcome]:
@@ -205,6 +205,11 @@ class GuardedWriter:
                     current=now,
                 )
         return outcomes
+
+
+def _with_code(message: Any, code: Any) -> str:
+    """The server's message with its error code, which (unlike the wording) every server shares."""
+    return f"{message} (code {code})" if isinstance(code, int) else str(message)
 
 
 def _has_applied(doc: dict[str, Any], update: dict[str, Any]) -> bool:

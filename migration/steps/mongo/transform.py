@@ -15,7 +15,7 @@ from pymongo.errors import CursorNotFound, PyMongoError
 from migration.errors import InvalidDocument, StepError
 from migration.steps.base import Step, StepContext, StepParams
 from migration.steps.mongo.callables import check_spec, load_callable
-from migration.steps.mongo.common import connect, server_info
+from migration.steps.mongo.common import connect, detect_server
 from migration.steps.mongo.documents import (
     MISSING,
     after_id,
@@ -225,8 +225,14 @@ class _Run:
     def execute(self) -> dict[str, Any]:
         ctx, params = self.ctx, self.params
         last_id, counters, log_path, offset = self._resume()
-        ferretdb = server_info(self.db.client)["ferretdb"]
-        writer = GuardedWriter(self.collection, ferretdb, ctx.redact, ctx.check_stop)
+        server = detect_server(self.db.client)
+        if server.statements_per_command:
+            ctx.log.info(
+                "FerretDB 1.x workaround: update commands capped",
+                server=server.name,
+                statements_per_command=server.statements_per_command,
+            )
+        writer = GuardedWriter(self.collection, server.ferretdb1, ctx.redact, ctx.check_stop)
         if log_path is None:
             log_path = new_path(ctx.path(params.log_dir), "migration-log")
             # Names the log (and its in-flight journal) for a crash in the first
