@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from migration.errors import PlanError
-from migration.plan import templates
+from migration.plan import quoting, templates
 from migration.plan.model import Plan, StepSpec
 from migration.steps.registry import get_step_type, step_types
 
@@ -480,13 +480,18 @@ def _check_step_params(loaded: LoadedPlan, loc: Loc, step: StepSpec) -> None:
         suggestion = f"; did you mean {hint[0]!r}?" if hint else f" (known: {', '.join(names)})"
         raise loaded.error((*loc, "uses"), f"unknown step type {step.uses!r}{suggestion}")
     with_raw = step.with_
-    for name in step_type.quoted_fields(with_raw):
+    try:
+        quoters = quoting.quoters(step_type.field_quoters(with_raw))
+    except templates.TemplateError as exc:
+        raise loaded.error((*loc, "uses"), f"step type {step.uses!r}: {exc}") from exc
+    for name, quoter in quoters.items():
         value = with_raw.get(name)
-        if isinstance(value, str) and templates.is_template(value):
-            try:
-                templates.check_shell_template(value)
-            except templates.TemplateError as exc:
-                raise loaded.error((*loc, "with", name), str(exc)) from exc
+        for sub, text in templates.iter_strings(value, (*loc, "with", name)):
+            if templates.is_template(text):
+                try:
+                    templates.check_template(quoter, text)
+                except templates.TemplateError as exc:
+                    raise loaded.error(sub, str(exc)) from exc
     try:
         step_type.Params.model_validate(with_raw)
     except ValidationError as exc:
