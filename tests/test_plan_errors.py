@@ -25,7 +25,7 @@ import pytest
 from helpers import assert_no_traceback, cli_env, migration, migration_batch, write_plan
 
 from migration.errors import PlanError
-from migration.plan import limits, loader, templates
+from migration.plan import limits, templates, yaml_positions
 
 BAD_PLANS = Path(__file__).parent / "bad_plans"
 FILES = sorted(p.name for p in BAD_PLANS.glob("*.yaml"))
@@ -387,7 +387,7 @@ _YAML_BITS = [
 
 def _parsed(text: str) -> tuple[Any, ...]:
     try:
-        raw, positions = loader._parse_yaml(text, "plan.yaml")
+        raw, positions = yaml_positions.parse_yaml(text, "plan.yaml")
     except PlanError as exc:
         return ("error", str(exc))
     return (
@@ -398,7 +398,7 @@ def _parsed(text: str) -> tuple[Any, ...]:
     )
 
 
-@pytest.mark.skipif(loader._FAST_LOADER is None, reason="PyYAML without libyaml")
+@pytest.mark.skipif(yaml_positions._FAST_LOADER is None, reason="PyYAML without libyaml")
 def test_the_fast_yaml_loader_gives_what_the_python_loader_gives(monkeypatch: pytest.MonkeyPatch) -> None:
     sources = [(BAD_PLANS / name).read_text() for name in FILES]
     sources += [p.read_text() for p in sorted((BAD_PLANS.parent.parent / "plans").glob("*.yaml"))]
@@ -411,7 +411,7 @@ def test_the_fast_yaml_loader_gives_what_the_python_loader_gives(monkeypatch: py
             text = text[:at] + rng.choice(_YAML_BITS) + text[at + rng.choice([0, 0, 1, 2]) :]
         texts.append(text)
     fast = [_parsed(text) for text in texts]
-    monkeypatch.setattr(loader, "_FAST_LOADER", None)
+    monkeypatch.setattr(yaml_positions, "_FAST_LOADER", None)
     slow = [_parsed(text) for text in texts]
     for text, one, other in zip(texts, fast, slow, strict=True):
         assert one == other, text
