@@ -37,17 +37,14 @@ from migration.plan.template_check import (
     references,
 )
 
-QUOTING_ENV = ENVIRONMENTS[Quoter.SHELL]
-"""The environment that shell-quotes every ``{{ }}`` value."""
-
 __all__ = [
     "ENV",
+    "ENVIRONMENTS",
     "MAX_CPU_SECONDS",
     "MAX_INT_BITS",
     "MAX_MADE",
     "MAX_STEPS",
     "MAX_VALUE",
-    "QUOTING_ENV",
     "ROOTS",
     "LimitExceeded",
     "Placeholder",
