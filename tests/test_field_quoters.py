@@ -157,6 +157,37 @@ def test_a_shell_template_inside_quotes_is_still_refused(template: str) -> None:
         templates.render_with({"command": template}, CONTEXT, {"command": Quoter.SHELL})
 
 
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        ("echo hi # {{ x }}", "template inside a shell comment"),
+        ("echo hi\n  # say {{ x }}\necho bye", "template inside a shell comment"),
+        ("cat <<EOF\n{{ x }}\nEOF", r"template inside a here-document \(<<EOF\)"),
+        ("cat <<-'END' > f\n\tline\n\t{{ x }}\n\tEND", r"template inside a here-document \(<<END\)"),
+        ("cat <<A <<B\na\nA\n{{ x }}\nB", r"template inside a here-document \(<<B\)"),
+    ],
+)
+def test_a_shell_template_in_a_comment_or_here_document_is_refused(template: str, message: str) -> None:
+    """There a quoted value could still run: ``x = 'a\\nrm -rf / #'`` ends the comment."""
+    with pytest.raises(templates.TemplateError, match=message):
+        templates.check_shell_template(template)
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "echo {{ x }} # a note",
+        "echo a#{{ x }} ${#x} $# {{ y }}",
+        "cat <<EOF\nstatic ' text\nEOF\necho {{ x }}",
+        "cat <<< {{ x }}",
+        "echo {{ \"it's\" }} {{ x }} {{ x | default('#') }}",
+        "echo \\' {{ x }}",
+    ],
+)
+def test_a_shell_template_outside_quotes_comments_and_here_documents_is_accepted(template: str) -> None:
+    templates.check_shell_template(template)
+
+
 # -- end to end: a plugin step installed through the migration.steps entry point ------------
 
 PLUGIN = '''

@@ -52,23 +52,50 @@ def check_template(quoter: Quoter, source: str) -> None:
 
 
 def check_shell_template(source: str) -> None:
-    """Refuse ``{{ }}`` inside quotes in a shell command.
+    """Refuse ``{{ }}`` inside quotes, a comment or a here-document in a shell command.
 
     Values are shell-quoted where they stand; inside "..." a quoted value would
     still expand ``$(...)`` and backticks, and inside '...' it would close the quotes.
+    After ``#`` a line break in a value would end the comment and run the rest; the
+    body of a here-document (``<<EOF``) is expanded whatever the quotes.
     """
     quote: str | None = None
-    i = 0
-    while i < len(source):
+    heredocs: list[tuple[str, bool]] = []  # delimiters whose bodies start on the next line
+    i, end_of_source = 0, len(source)
+    while i < end_of_source:
         ch = source[i]
-        if source.startswith("{{", i) and quote is not None:
+        if quote is not None and source.startswith("{{", i):
             raise TemplateError(
                 f"template inside {quote}...{quote} in a shell command: write {{{{ value }}}} without "
                 "quotes; it is shell-quoted automatically"
             )
-        if quote is None and ch == "\\":
-            i += 2
-            continue
+        if quote is None:
+            two = source[i : i + 2]
+            if two in _TEMPLATE_END:  # a template outside quotes: its own quotes are Jinja's
+                close = source.find(_TEMPLATE_END[two], i + 2)
+                i = end_of_source if close < 0 else close + 2
+                continue
+            if ch == "#" and (i == 0 or source[i - 1] in " \t\n;&|()<>"):
+                end = _line_end(source, i)
+                if _has_template(source[i:end]):
+                    raise TemplateError(
+                        "template inside a shell comment (# ...): a line break in the value would "
+                        "end the comment and run the rest"
+                    )
+                i = end
+                continue
+            heredoc = _HEREDOC.match(source, i) if not source.startswith("<<<", i) else None
+            if heredoc is not None:
+                heredocs.append((re.sub(r"[\\'\"]", "", heredoc.group(2)), heredoc.group(1) == "-"))
+                i = heredoc.end()
+                continue
+            if ch == "\n" and heredocs:
+                i = _after_heredoc_bodies(source, i + 1, heredocs)
+                heredocs = []
+                continue
+            if ch == "\\":
+                i += 2
+                continue
         if ch in "\"'" and (quote is None or quote == ch):
             quote = None if quote == ch else ch
         elif ch == "\\" and quote == '"':
@@ -76,9 +103,38 @@ def check_shell_template(source: str) -> None:
         i += 1
 
 
+_TEMPLATE_END = {"{{": "}}", "{%": "%}", "{#": "#}"}
+_HEREDOC = re.compile(r"<<(-?)[ \t]*([^\s;&|()<>]+)")
+
+
+def _has_template(text: str) -> bool:
+    return "{{" in text or "{%" in text
+
+
+def _line_end(source: str, start: int) -> int:
+    end = source.find("\n", start)
+    return len(source) if end < 0 else end
+
+
+def _after_heredoc_bodies(source: str, start: int, heredocs: list[tuple[str, bool]]) -> int:
+    """Just past the bodies of ``heredocs`` (which begin at ``start``); refuse a template in one."""
+    for delimiter, strip_tabs in heredocs:
+        while start < len(source):
+            end = _line_end(source, start)
+            line = source[start:end]
+            start = end + 1
+            if (line.lstrip("\t") if strip_tabs else line) == delimiter:
+                break
+            if _has_template(line):
+                raise TemplateError(
+                    f"template inside a here-document (<<{delimiter}) in a shell command: the shell "
+                    "expands $(...) in its body whatever the quotes; pass the value as an argument"
+                )
+    return min(start, len(source))
+
+
 # PostgreSQL's dollar quoting: $$...$$ or $tag$...$tag$ ($1 is a parameter, not a quote).
 _DOLLAR_QUOTE = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*)?\$")
-_TEMPLATE_END = {"{{": "}}", "{%": "%}", "{#": "#}"}
 
 
 def check_sql_template(source: str) -> None:
