@@ -95,6 +95,7 @@ def test_shell_quoting_is_unchanged() -> None:
     assert rendered == {"command": "echo 'O'\"'\"'Brien'", "shell": True}
     # The older flag still means the shell.
     assert templates.render_value("echo {{ vars.name }}", CONTEXT, quote=True) == "echo 'O'\"'\"'Brien'"
+    assert templates.render_string("echo {{ vars.name }}", CONTEXT, True) == "echo 'O'\"'\"'Brien'"
 
 
 def test_a_plugin_that_only_names_quoted_fields_gets_them_shell_quoted() -> None:

@@ -76,13 +76,15 @@ def _reject_undefined(value: Any) -> None:
             pending.extend(item.values())
 
 
-def _as_quoter(quoter: Quoter | str, quote: bool) -> Quoter:
-    # ``quote=True`` is the older spelling of the shell quoter.
-    return Quoter.SHELL if quote else Quoter(quoter)
+def _as_quoter(quoter: Quoter | str | bool, quote: bool) -> Quoter:
+    # ``quote=True`` (the third argument once was that flag) is the older spelling of the shell quoter.
+    if quote or quoter is True:
+        return Quoter.SHELL
+    return Quoter.NONE if quoter is False else Quoter(quoter)
 
 
 def render_string(
-    source: str, context: Mapping[str, Any], quoter: Quoter | str = Quoter.NONE, *, quote: bool = False
+    source: str, context: Mapping[str, Any], quoter: Quoter | str | bool = Quoter.NONE, *, quote: bool = False
 ) -> Any:
     """Render one template string; a lone ``{{ expr }}`` keeps its native type unless quoted."""
     if not is_template(source):
@@ -102,7 +104,7 @@ def render_string(
 
 
 def render_value(
-    value: Any, context: Mapping[str, Any], quoter: Quoter | str = Quoter.NONE, *, quote: bool = False
+    value: Any, context: Mapping[str, Any], quoter: Quoter | str | bool = Quoter.NONE, *, quote: bool = False
 ) -> Any:
     """Render every string inside nested dicts/lists."""
     quoter = _as_quoter(quoter, quote)
