@@ -34,7 +34,7 @@ from migration.steps._subprocess import (
     stringify_env,
     terminate_group,
 )
-from migration.steps.base import Step, StepContext, StepParams
+from migration.steps.base import Quoter, Step, StepContext, StepParams
 from migration.steps.http import RequestFailed, check_url, fetch
 from migration.steps.registry import register
 from migration.steps.shell import check_command
@@ -140,8 +140,8 @@ class ProcessStart(Step["ProcessStart.Params"]):
             return self
 
     @classmethod
-    def quoted_fields(cls, raw_with: dict[str, Any]) -> set[str]:
-        return {"command"} if raw_with.get("shell") else set()
+    def field_quoters(cls, raw_with: dict[str, Any]) -> dict[str, Quoter]:
+        return {"command": Quoter.SHELL} if raw_with.get("shell") else {}
 
     def run(self, ctx: StepContext[ProcessStart.Params]) -> dict[str, Any]:
         p = ctx.params

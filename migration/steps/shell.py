@@ -17,7 +17,7 @@ from migration.steps._subprocess import (
     stringify_argv,
     stringify_env,
 )
-from migration.steps.base import Step, StepContext, StepParams
+from migration.steps.base import Quoter, Step, StepContext, StepParams
 from migration.steps.registry import register
 
 # A whole-value template ("{{ vars.argv }}") may render to a list: judge it after rendering.
@@ -103,8 +103,8 @@ class Shell(Step["Shell.Params"]):
             return self
 
     @classmethod
-    def quoted_fields(cls, raw_with: dict[str, Any]) -> set[str]:
-        return {"command"} if raw_with.get("shell") else set()
+    def field_quoters(cls, raw_with: dict[str, Any]) -> dict[str, Quoter]:
+        return {"command": Quoter.SHELL} if raw_with.get("shell") else {}
 
     def run(self, ctx: StepContext[Shell.Params]) -> dict[str, Any]:
         p = ctx.params
