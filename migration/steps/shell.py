@@ -40,6 +40,32 @@ def check_command(command: Command, shell: bool | str) -> None:
             raise ValueError("`shell: true` needs command as one string, not a list")
 
 
+class CommandParams(StepParams):
+    """The parameters of every step that runs a command (``shell``, ``process.start``)."""
+
+    command: list[str] | str = Field(description="argv list, or a string run by the shell when `shell: true`")
+    shell: bool | str = Field(
+        default=False, description="true for /bin/sh, or the path of another shell (bash)"
+    )
+    cwd: str | None = Field(default=None, description="working directory (default: where migration started)")
+    env: dict[str, Any] = Field(default_factory=dict, description="extra environment variables")
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _argv_strings(cls, value: Any) -> Any:
+        return stringify_argv(value)
+
+    @field_validator("env")
+    @classmethod
+    def _env_strings(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return stringify_env(value)
+
+    @model_validator(mode="after")
+    def _command_shape(self) -> CommandParams:
+        check_command(self.command, self.shell)
+        return self
+
+
 @register
 class Shell(Step["Shell.Params"]):
     """Run a command; fail unless its exit code is expected.
@@ -71,36 +97,11 @@ class Shell(Step["Shell.Params"]):
 
     name = "shell"
 
-    class Params(StepParams):
-        command: list[str] | str = Field(
-            description="argv list, or a string run by the shell when `shell: true`"
-        )
-        shell: bool | str = Field(
-            default=False, description="true for /bin/sh, or the path of another shell (bash)"
-        )
-        cwd: str | None = Field(
-            default=None, description="working directory (default: where migration started)"
-        )
-        env: dict[str, Any] = Field(default_factory=dict, description="extra environment variables")
+    class Params(CommandParams):
         timeout: float | None = Field(
             default=None, gt=0, description="seconds before the process group is killed"
         )
         ok_codes: list[int] = Field(default_factory=lambda: [0], description="exit codes that pass")
-
-        @field_validator("command", mode="before")
-        @classmethod
-        def _argv_strings(cls, value: Any) -> Any:
-            return stringify_argv(value)
-
-        @field_validator("env")
-        @classmethod
-        def _env_strings(cls, value: dict[str, Any]) -> dict[str, Any]:
-            return stringify_env(value)
-
-        @model_validator(mode="after")
-        def _command_shape(self) -> Shell.Params:
-            check_command(self.command, self.shell)
-            return self
 
     @classmethod
     def quoted_fields(cls, raw_with: dict[str, Any]) -> set[str]:
