@@ -13,10 +13,9 @@ from migration.steps._subprocess import (
     last_line,
     run_command,
     stringify_argv,
-    stringify_env,
 )
 from migration.steps.base import Step, StepContext, StepParams
-from migration.steps.http import RequestFailed, check_url, fetch, learn_header_secrets
+from migration.steps.http import HeadersParam, RequestFailed, UrlParam, fetch, learn_header_secrets
 from migration.steps.registry import register
 
 
@@ -50,27 +49,17 @@ class Notify(Step["Notify.Params"]):
 
     class Params(StepParams):
         text: str = Field(description="the message")
-        url: str | None = Field(default=None, description="webhook to POST {text} to as JSON")
+        url: UrlParam | None = Field(default=None, description="webhook to POST {text} to as JSON")
         command: list[str] | None = Field(
             default=None, description="argv run with the text in $MIGRATION_NOTIFY_TEXT"
         )
-        headers: dict[str, str] = Field(default_factory=dict, description="webhook headers")
+        headers: HeadersParam = Field(default_factory=dict, description="webhook headers")
         timeout: float = Field(default=30.0, gt=0, description="seconds")
-
-        @field_validator("url")
-        @classmethod
-        def _url(cls, value: str | None) -> str | None:
-            return None if value is None else check_url(value)
 
         @field_validator("command", mode="before")
         @classmethod
         def _argv_strings(cls, value: Any) -> Any:
             return stringify_argv(value)
-
-        @field_validator("headers", mode="before")
-        @classmethod
-        def _header_strings(cls, value: Any) -> Any:
-            return stringify_env(value) if isinstance(value, dict) else value
 
         @model_validator(mode="after")
         def _one_target(self) -> Notify.Params:

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from migration.errors import StepError
 from migration.steps._subprocess import (
@@ -33,7 +33,7 @@ from migration.steps._subprocess import (
     terminate_group,
 )
 from migration.steps.base import Step, StepContext, StepParams
-from migration.steps.http import RequestFailed, check_url, fetch
+from migration.steps.http import RequestFailed, UrlParam, fetch
 from migration.steps.registry import register
 from migration.steps.shell import CommandParams
 
@@ -105,16 +105,11 @@ class ProcessStart(Step["ProcessStart.Params"]):
 
     class Params(CommandParams):
         log: str | None = Field(default=None, description="log file (default .migration/logs/<step id>.log)")
-        ready_url: str | None = Field(default=None, description="URL that answers 2xx/3xx when up")
+        ready_url: UrlParam | None = Field(default=None, description="URL that answers 2xx/3xx when up")
         ready_timeout: float = Field(default=60.0, gt=0, description="seconds to wait for ready")
         settle: float = Field(
             default=1.0, ge=0, description="without ready_url: seconds the process must stay up"
         )
-
-        @field_validator("ready_url")
-        @classmethod
-        def _url(cls, value: str | None) -> str | None:
-            return None if value is None else check_url(value)
 
     @classmethod
     def quoted_fields(cls, raw_with: dict[str, Any]) -> set[str]:
@@ -123,9 +118,7 @@ class ProcessStart(Step["ProcessStart.Params"]):
     def run(self, ctx: StepContext[ProcessStart.Params]) -> dict[str, Any]:
         p = ctx.params
         ctx.redact.add_env(p.env)
-        cwd = ctx.path(p.cwd) if p.cwd else ctx.workdir
-        if not cwd.is_dir():
-            raise StepError(f"working directory {cwd} does not exist")
+        cwd = p.working_directory(ctx)
         log_path = ctx.path(p.log) if p.log else default_log_path(ctx)
         shown = ctx.redact(command_text(p.command))
         argv = build_argv(p.command, p.shell)

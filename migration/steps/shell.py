@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field, field_validator, model_validator
@@ -65,6 +66,13 @@ class CommandParams(StepParams):
         check_command(self.command, self.shell)
         return self
 
+    def working_directory(self, ctx: StepContext[Any]) -> Path:
+        """``cwd`` resolved against the run's directory; one that does not exist fails the step."""
+        cwd = ctx.path(self.cwd) if self.cwd else ctx.workdir
+        if not cwd.is_dir():
+            raise StepError(f"working directory {cwd} does not exist")
+        return cwd
+
 
 @register
 class Shell(Step["Shell.Params"]):
@@ -110,9 +118,7 @@ class Shell(Step["Shell.Params"]):
     def run(self, ctx: StepContext[Shell.Params]) -> dict[str, Any]:
         p = ctx.params
         ctx.redact.add_env(p.env)
-        cwd = ctx.path(p.cwd) if p.cwd else ctx.workdir
-        if not cwd.is_dir():
-            raise StepError(f"working directory {cwd} does not exist")
+        cwd = p.working_directory(ctx)
         argv = build_argv(p.command, p.shell)
         shown = ctx.redact(command_text(p.command))
         log = ctx.log
