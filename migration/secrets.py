@@ -96,10 +96,6 @@ class Redactor:
             for v in value:
                 self.learn(v)
 
-    @property
-    def secrets(self) -> frozenset[str]:
-        return frozenset(self._secrets)
-
     def text(self, value: str) -> str:
         if self._pattern is not None:
             value = self._pattern.sub(MASK, value)
