@@ -20,6 +20,7 @@ from pymongo import UpdateOne
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, OperationFailure
 
+from migration.errors import InvalidDocument
 from migration.steps.mongo.documents import (
     MISSING,
     UpdateError,
@@ -38,8 +39,6 @@ from migration.steps.mongo.operations import OperationOutcome, OperationsProgram
 # a command of 50 or more statements never finishes and wedges the server. Keep
 # commands well below that.
 FERRETDB_STATEMENTS_PER_COMMAND = 20
-
-INVALID_EXCEPTION_NAMES = frozenset({"InvalidDocument", "InvalidValue"})
 
 
 @dataclass
@@ -62,11 +61,6 @@ class Outcome:
     status: str
     reason: str | None = None
     current: dict[str, Any] | None = None
-
-
-def is_invalid_exception(exc: BaseException) -> bool:
-    """``InvalidDocument`` and look-alikes (e.g. a recipe's ``InvalidValue``)."""
-    return any(cls.__name__ in INVALID_EXCEPTION_NAMES for cls in type(exc).__mro__)
 
 
 class Planner:
@@ -101,10 +95,11 @@ class Planner:
             return Planned(doc_id, doc, outcome.status, self.redact(outcome.reason))
         except UpdateError as exc:
             return Planned(doc_id, doc, "error", self.redact(str(exc)))
+        except InvalidDocument as exc:
+            # A subclass may skip our __init__ and so lack .reason.
+            reason = str(getattr(exc, "reason", "") or exc) or type(exc).__name__
+            return Planned(doc_id, doc, "invalid", self.redact(reason))
         except Exception as exc:
-            if is_invalid_exception(exc):
-                reason = str(getattr(exc, "reason", "") or exc) or type(exc).__name__
-                return Planned(doc_id, doc, "invalid", self.redact(reason))
             return Planned(doc_id, doc, "error", self.redact(f"{type(exc).__name__}: {exc}"))
         if not update:
             return Planned(doc_id, doc, "skipped", "no change")

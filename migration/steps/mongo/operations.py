@@ -33,7 +33,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from migration.steps.base import StepParams
-from migration.steps.mongo.callables import check_spec, load_callable
+from migration.steps.callables import check_spec, load_callable
 from migration.steps.mongo.documents import MISSING, UNADDRESSABLE, get_path, set_path, unset_path
 from migration.steps.mongo.query_filters import compile_regex
 

@@ -14,7 +14,7 @@ from pymongo.errors import CursorNotFound, PyMongoError
 
 from migration.errors import InvalidDocument, StepError
 from migration.steps.base import Step, StepContext, StepParams
-from migration.steps.mongo.callables import check_spec, load_callable
+from migration.steps.callables import check_spec, load_callable
 from migration.steps.mongo.common import connect, detect_server
 from migration.steps.mongo.documents import (
     MISSING,
