@@ -76,10 +76,7 @@ class Previewer:
         assert step_type is not None
         ctx_dict = self.context.as_dict()
         try:
-            quoted = step_type.quoted_fields(spec.with_)
-            rendered = {
-                k: templates.render_value(v, ctx_dict, quote=k in quoted) for k, v in spec.with_.items()
-            }
+            rendered = templates.render_with(spec.with_, ctx_dict, step_type.field_quoters(spec.with_))
         except templates.TemplateError as exc:
             self.problems.append(f"{spec.id}: {exc}")
             self.out(f"with: cannot render: {exc}", indent + 2)

@@ -356,10 +356,7 @@ class Runner(RollbackDriver):
         step_type = get_step_type(spec.uses)
         assert step_type is not None  # checked at load
         try:
-            quoted = step_type.quoted_fields(spec.with_)
-            rendered = {
-                k: templates.render_value(v, ctx_dict, quote=k in quoted) for k, v in spec.with_.items()
-            }
+            rendered = templates.render_with(spec.with_, ctx_dict, step_type.field_quoters(spec.with_))
         except templates.TemplateError as exc:
             return self._step_failed(spec, st, str(exc))
         self.redact.learn(rendered)

@@ -364,15 +364,47 @@ def cmd_url(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Example, a server for your own data: python scripts/testdb.py start, then "
+        "mongorestore or `migration run` against the URL it prints; python scripts/testdb.py stop.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("install", help="build FerretDB into the cache folder")
-    for name in ("start", "stop", "url"):
-        p = sub.add_parser(name)
-        p.add_argument("--dir", default=str(DEFAULT_SERVER_DIR), help="server folder")
+    sub.add_parser(
+        "install",
+        help="build FerretDB into the cache folder (once)",
+        description=f"Build FerretDB {FERRETDB_VERSION} from the Go module proxy into "
+        f"{ferretdb_binary().parent}.",
+    )
+    helps = {
+        "start": "start a server in the background and print its URL (idempotent)",
+        "stop": "stop the server that start started in --dir",
+        "url": "print the URL of the server running in --dir",
+    }
+    for name, text in helps.items():
+        p = sub.add_parser(
+            name,
+            help=text,
+            description=text[0].upper() + text[1:] + ".",
+        )
+        p.add_argument(
+            "--dir",
+            default=str(DEFAULT_SERVER_DIR),
+            help="server folder: its data, logs and server.json live here (default: %(default)s)",
+        )
         if name == "start":
-            p.add_argument("--port", type=int, default=None)
-            p.add_argument("--backend", choices=["postgresql", "sqlite"], default=None)
+            p.add_argument(
+                "--port",
+                type=int,
+                default=None,
+                help="loopback port to listen on (default: a free one)",
+            )
+            p.add_argument(
+                "--backend",
+                choices=["postgresql", "sqlite"],
+                default=None,
+                help="FerretDB backend (default: $MIGRATION_TESTDB_BACKEND or postgresql)",
+            )
     args = parser.parse_args(argv)
     if args.command == "install":
         print(install())

@@ -53,6 +53,7 @@ class MongoServer:
 
     @property
     def is_ferretdb(self) -> bool:
+        """How the server was started; what it can do comes from the ``server_kind`` fixture."""
         return self.kind.startswith("ferretdb")
 
     def database_url(self, name: str) -> str:
@@ -103,6 +104,21 @@ def mongo_server() -> Iterator[MongoServer]:
         server.stop()
         time.sleep(0.2)
         shutil.rmtree(server.directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def server_kind(mongo_server: MongoServer) -> Any:
+    """What the test server is (a ``ServerKind``), detected from its buildInfo: tests that
+    depend on a server's limits decide from this, never from how the server was started."""
+    import pymongo
+
+    from migration.steps.mongo.common import detect_server
+
+    client: pymongo.MongoClient[Any] = pymongo.MongoClient(mongo_server.url, serverSelectionTimeoutMS=5000)
+    try:
+        return detect_server(client)
+    finally:
+        client.close()
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Shared helpers for end-to-end tests: the CLI in a subprocess, as users run it."""
+"""Shared helpers: the CLI in a subprocess, as users run it, and what the test server can do."""
 
 from __future__ import annotations
 
@@ -201,3 +201,34 @@ def tmpfs(directory: Path, size: str) -> bool:
 def umount(directory: Path) -> None:
     """Undo :func:`tmpfs` (lazily: a process may still hold a file there)."""
     subprocess.run(["umount", "-l", str(directory)], capture_output=True)
+
+
+# --- what the test server can do --------------------------------------------------
+# Detected from buildInfo (migration.steps.mongo.common.detect_server), never assumed:
+# FerretDB 1.x says ferretdbVersion "v1.24.2", FerretDB 2.x ferretdb.version "v2.7.0",
+# MongoDB neither. A test that needs what a server lacks skips naming that limit.
+
+FERRETDB1_LACKS = {
+    "ttl_indexes": "TTL indexes (expireAfterSeconds)",
+    "text_indexes": "text indexes",
+    "nested_arrays": "nested arrays",
+    "decimal128": "Decimal128",
+    "partial_indexes": "partial indexes",
+    "index_ns_option": 'the "ns" index option that mongorestore sends (Index option "ns" is unknown)',
+}
+
+
+def server_limit(kind: Any, feature: str) -> str | None:
+    """Why the server cannot do ``feature`` (a key of :data:`FERRETDB1_LACKS`), or None if it can."""
+    if kind.ferretdb1 and feature in FERRETDB1_LACKS:
+        return f"{kind.name} lacks {FERRETDB1_LACKS[feature]} (a FerretDB 1.x limit)"
+    return None
+
+
+def skip_without(kind: Any, feature: str) -> None:
+    """Skip the calling test, naming the server's limit, when it lacks ``feature``."""
+    import pytest
+
+    reason = server_limit(kind, feature)
+    if reason is not None:
+        pytest.skip(reason)

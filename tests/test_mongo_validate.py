@@ -13,6 +13,7 @@ from pymongo.database import Database
 
 from migration.errors import StepError
 from migration.steps.base import StepContext
+from migration.steps.mongo.common import ServerKind
 from migration.steps.mongo.validate import MongoValidate
 
 pytestmark = pytest.mark.mongo
@@ -132,7 +133,7 @@ def test_references_through_batched_in_queries(
 ) -> None:
     # The $in path (used on MongoDB) gives the same answer as the scan used on FerretDB.
     monkeypatch.setattr("migration.steps.mongo.validation_checks.IN_BATCH", 2)
-    monkeypatch.setattr("migration.steps.mongo.validate.server_info", lambda c: {"ferretdb": False})
+    monkeypatch.setattr("migration.steps.mongo.validate.detect_server", lambda c: ServerKind("7.0.0"))
     migrated[BANK].insert_one({"_id": "dangling", "propertyId": ObjectId()})
     migrated[BANK].insert_one({"_id": "array", "propertyId": [PROPERTIES[3], PROPERTIES[0]]})
     check = {"type": "references", "collection": BANK, "field": "propertyId", "to": "Property"}

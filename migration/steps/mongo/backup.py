@@ -19,6 +19,7 @@ from migration.steps.base import ProgressReporter, Step, StepContext, StepParams
 from migration.steps.mongo.checksums import collection_digest, count_in_buffer, raw_batches
 from migration.steps.mongo.common import (
     connect,
+    detect_server,
     free_disk_bytes,
     human_bytes,
     server_info,
@@ -36,6 +37,7 @@ from migration.steps.mongo.dumpfmt import (
     DumpError,
     backup_folder_name,
     bson_file_name,
+    dumped_files,
     fsync_dir,
     iso_utc,
     metadata_file_name,
@@ -149,8 +151,7 @@ class _Dump:
         argv = [self.tool, f"--uri={self.ctx.params.uri}", f"--collection={name}"]
         argv += [f"--out={self.partial / DUMP_DIR}"] + (["--gzip"] if self.gzip else [])
         run_tool(self.ctx, argv, f"mongodump {name}")
-        path = self.db_dir / bson_file_name(name, self.gzip)
-        meta_path = self.db_dir / metadata_file_name(name, self.gzip)
+        path, meta_path = dumped_files(self.db_dir, name, self.gzip)
         scan = scan_bson_file(path)
         # mongodump writes in natural order; the collection checksum is over _id order.
         _, checksum = collection_digest(self.db, name)
@@ -195,7 +196,13 @@ class _Dump:
         client = client_db.client
         scratch_name = f"{client_db.name[:40]}_verify_{secrets.token_hex(4)}"
         scratch = client[scratch_name]
-        ferretdb = bool(server_info(client)["ferretdb"])
+        server = detect_server(client)
+        if server.statements_per_command:
+            self.ctx.log.info(
+                "FerretDB 1.x workaround: inserts capped",
+                server=server.name,
+                statements_per_command=server.statements_per_command,
+            )
         chosen = self.dumped(entries)
         self.ctx.log.info("verify by restore", scratch_database=scratch_name)
         try:
@@ -205,7 +212,7 @@ class _Dump:
                     restore_native(
                         scratch,
                         dumped,
-                        ferretdb,
+                        server,
                         lambda m: self.ctx.log.warning("verify", note=m),
                         bar.advance,
                         self.ctx.check_stop,
@@ -224,8 +231,10 @@ class MongoBackup(Step["MongoBackup.Params"]):
     Writes ``<out>/backup-<UTC timestamp>/mongodb-dump/<db>/<collection>.bson`` and
     ``.metadata.json`` (``.gz`` with ``gzip``), ``stats.json`` and
     ``backup-manifest.json`` (per collection: count, bytes, SHA-256; ``totalRecords``,
-    server version, created_at). The native tool streams raw BSON in ``_id`` order,
-    never decoding documents, so memory stays flat. Everything is written into a
+    server version, created_at). File names are mongodump's: ``url.QueryEscape`` of the
+    collection name, long ones cut as mongodump cuts them (docs/backups.md). The
+    native tool streams raw BSON in ``_id`` order, never decoding documents, so
+    memory stays flat. Everything is written into a
     ``.partial`` folder renamed at the very end; a failed backup is removed, and
     says so. Counts taken before and after the dump must agree with what was
     written: a difference means something is still writing (stop the application).

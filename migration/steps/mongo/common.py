@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pymongo import MongoClient
@@ -19,6 +20,10 @@ from pymongo.uri_parser import parse_uri
 
 from migration.errors import StepError
 from migration.secrets import mask_url
+
+# Re-exported: the mongo steps measure and show sizes like every other step.
+from migration.steps.sizes import free_disk_bytes as free_disk_bytes
+from migration.steps.sizes import human_bytes as human_bytes
 
 CONNECT_TIMEOUT_MS = 5000
 
@@ -77,13 +82,78 @@ def connect(uri: str, timeout_ms: int = CONNECT_TIMEOUT_MS) -> tuple[MongoClient
     return client, client[name]
 
 
+# FerretDB 1.24 (PostgreSQL backend) holds one pooled PostgreSQL connection per
+# statement of a write command until the command ends; its pool has 50, so a
+# command of 50 or more statements never finishes and wedges the server for
+# everyone. Write commands to FerretDB 1.x carry at most this many statements.
+FERRETDB1_STATEMENTS_PER_COMMAND = 20
+
+
+@dataclass(frozen=True)
+class ServerKind:
+    """Which server answers, from ``buildInfo``: the one place FerretDB is recognised.
+
+    FerretDB 1.x says ``ferretdbVersion: "v1.24.2"``; FerretDB 2.x says
+    ``ferretdb: {version: "v2.7.0"}``; MongoDB says neither.
+    """
+
+    version: str
+    ferretdb_version: str | None = None
+
+    @property
+    def ferretdb(self) -> bool:
+        return self.ferretdb_version is not None
+
+    @property
+    def ferretdb_major(self) -> int | None:
+        if self.ferretdb_version is None:
+            return None
+        match = re.match(r"v?(\d+)", self.ferretdb_version)
+        return int(match.group(1)) if match else None
+
+    @property
+    def ferretdb1(self) -> bool:
+        """FerretDB 1.x: the server whose limits the workarounds below are for."""
+        return self.ferretdb_major == 1
+
+    @property
+    def statements_per_command(self) -> int | None:
+        """The cap on statements in one insert/update command, or None for no cap."""
+        return FERRETDB1_STATEMENTS_PER_COMMAND if self.ferretdb1 else None
+
+    @property
+    def name(self) -> str:
+        if self.ferretdb_version is not None:
+            return f"FerretDB {self.ferretdb_version} ({self.version} wire)"
+        return f"MongoDB {self.version}"
+
+
+def kind_from_build_info(build: Mapping[str, Any]) -> ServerKind:
+    """A :class:`ServerKind` from a ``buildInfo`` reply."""
+    version = str(build.get("version", ""))
+    if isinstance(build.get("ferretdbVersion"), str):
+        return ServerKind(version, str(build["ferretdbVersion"]))
+    nested = build.get("ferretdb")
+    if isinstance(nested, Mapping):
+        return ServerKind(version, str(nested.get("version") or "v?"))
+    if nested is not None:
+        return ServerKind(version, "v?")
+    return ServerKind(version)
+
+
+def detect_server(client: MongoClient[Any]) -> ServerKind:
+    """What :class:`ServerKind` the client talks to (one ``buildInfo``)."""
+    return kind_from_build_info(client.admin.command("buildInfo"))
+
+
 def server_info(client: MongoClient[Any]) -> dict[str, Any]:
     """Version and whether the server is FerretDB (which lacks some operations)."""
-    info = client.server_info()
-    build = client.admin.command("buildInfo")
+    kind = detect_server(client)
     return {
-        "version": str(info.get("version", "")),
-        "ferretdb": "ferretdb" in build or "ferretdbVersion" in build,
+        "version": kind.version,
+        "ferretdb": kind.ferretdb,
+        "ferretdb_version": kind.ferretdb_version,
+        "server": kind.name,
     }
 
 
@@ -106,25 +176,3 @@ def user_collections(db: Database[Any]) -> list[str]:
             continue
         names.append(name)
     return sorted(names)
-
-
-def free_disk_bytes(path: Path) -> tuple[Path, int]:
-    """Free bytes (for an unprivileged writer) on the filesystem that would hold ``path``.
-
-    Creates nothing: measures the nearest parent that exists. Returns that parent too.
-    """
-    probe = path.absolute()
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    stat = os.statvfs(probe)
-    return probe, stat.f_bavail * stat.f_frsize
-
-
-def human_bytes(n: float) -> str:
-    """``1.2 GB``: decimal units, one decimal place above bytes."""
-    value = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(value) < 1000 or unit == "TB":
-            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    raise AssertionError("unreachable")

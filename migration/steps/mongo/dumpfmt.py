@@ -26,7 +26,6 @@ the backup folder.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import gzip
 import hashlib
@@ -40,10 +39,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, cast
-from urllib.parse import quote, unquote
 
 from bson import SON, json_util
 from bson.json_util import CANONICAL_JSON_OPTIONS
+
+from migration.steps.mongo.dumpnames import BadFileName, collection_name, stem_candidates
+
+# Re-exported: these names have been importable from this module since the start.
+from migration.steps.mongo.dumpnames import bson_file_name as bson_file_name
+from migration.steps.mongo.dumpnames import file_stem as file_stem
+from migration.steps.mongo.dumpnames import metadata_file_name as metadata_file_name
 
 DUMP_DIR = "mongodb-dump"
 MANIFEST_NAME = "backup-manifest.json"
@@ -70,23 +75,6 @@ def backup_folder_name(moment: datetime) -> str:
 def iso_utc(moment: datetime) -> str:
     """``2026-02-11T10:30:00.000Z``."""
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
-def file_stem(collection: str) -> str:
-    """The file name of a collection without extension, escaped as mongodump does it."""
-    escaped = quote(collection, safe="$&+:=@")
-    if len(escaped) > 238:
-        digest = base64.urlsafe_b64encode(hashlib.sha1(collection.encode()).digest())
-        escaped = escaped[:208] + "%24" + digest.decode().rstrip("=")
-    return escaped
-
-
-def bson_file_name(collection: str, gzipped: bool) -> str:
-    return file_stem(collection) + (".bson.gz" if gzipped else ".bson")
-
-
-def metadata_file_name(collection: str, gzipped: bool) -> str:
-    return file_stem(collection) + (".metadata.json.gz" if gzipped else ".metadata.json")
 
 
 def metadata_text(
@@ -341,6 +329,22 @@ class DumpSource:
     warnings: list[str] = field(default_factory=list)
 
 
+def dumped_files(db_dir: Path, collection: str, gzipped: bool) -> tuple[Path, Path]:
+    """The ``.bson`` and ``.metadata.json`` (``.gz``) a mongodump run wrote for ``collection``.
+
+    Current mongodump names them with ``url.QueryEscape``; older versions (and this
+    project's earlier backups) with ``url.PathEscape``: both are looked for.
+    """
+    suffix = ".gz" if gzipped else ""
+    tried = []
+    for stem in stem_candidates(collection):
+        bson_path = db_dir / f"{stem}.bson{suffix}"
+        if bson_path.is_file():
+            return bson_path, db_dir / f"{stem}.metadata.json{suffix}"
+        tried.append(bson_path.name)
+    raise DumpError(f"no file for collection {collection!r} in {db_dir}: looked for {', '.join(tried)}")
+
+
 def _manifest_near(path: Path) -> Path | None:
     candidates = [path]
     if path.name == DUMP_DIR:
@@ -368,11 +372,12 @@ def _scan_db_dir(db_dir: Path, warnings: list[str]) -> dict[str, DumpedCollectio
         for candidate in (stem + ".metadata.json", stem + ".metadata.json.gz"):
             if (db_dir / candidate).exists():
                 metadata = db_dir / candidate
-        name = unquote(stem)
-        if metadata is not None:
-            recorded = read_metadata(metadata).get("collectionName")
-            if isinstance(recorded, str) and recorded:
-                name = recorded
+        recorded = read_metadata(metadata).get("collectionName") if metadata is not None else None
+        try:
+            name = collection_name(stem, recorded if isinstance(recorded, str) else None)
+        except BadFileName as exc:
+            # mongorestore refuses the whole dump for such a name; so do we.
+            raise DumpError(f"{path.name}: not a collection name as mongodump escapes it: {exc}") from exc
         if name.startswith("system."):
             warnings.append(f"skipped {path.name}: system collections are not restored")
             continue

@@ -19,6 +19,7 @@ from pymongo import UpdateOne
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, OperationFailure
 
+from migration.errors import InvalidDocument
 from migration.steps.mongo.documents import (
     MISSING,
     UpdateError,
@@ -42,8 +43,6 @@ FERRETDB_STATEMENTS_PER_COMMAND = 20
 # together stay under this, so no mix of half-done commands can exhaust it.
 FERRETDB_STATEMENTS_IN_FLIGHT = 40
 
-INVALID_EXCEPTION_NAMES = frozenset({"InvalidDocument", "InvalidValue"})
-
 
 @dataclass
 class Planned:
@@ -65,11 +64,6 @@ class Outcome:
     status: str
     reason: str | None = None
     current: dict[str, Any] | None = None
-
-
-def is_invalid_exception(exc: BaseException) -> bool:
-    """``InvalidDocument`` and look-alikes (e.g. a recipe's ``InvalidValue``)."""
-    return any(cls.__name__ in INVALID_EXCEPTION_NAMES for cls in type(exc).__mro__)
 
 
 class Planner:
@@ -104,10 +98,11 @@ class Planner:
             return Planned(doc_id, doc, outcome.status, self.redact(outcome.reason))
         except UpdateError as exc:
             return Planned(doc_id, doc, "error", self.redact(str(exc)))
+        except InvalidDocument as exc:
+            # A subclass may skip our __init__ and so lack .reason.
+            reason = str(getattr(exc, "reason", "") or exc) or type(exc).__name__
+            return Planned(doc_id, doc, "invalid", self.redact(reason))
         except Exception as exc:
-            if is_invalid_exception(exc):
-                reason = str(getattr(exc, "reason", "") or exc) or type(exc).__name__
-                return Planned(doc_id, doc, "invalid", self.redact(reason))
             return Planned(doc_id, doc, "error", self.redact(f"{type(exc).__name__}: {exc}"))
         if not update:
             return Planned(doc_id, doc, "skipped", "no change")
@@ -175,7 +170,7 @@ class GuardedWriter:
         except BulkWriteError as exc:
             details = exc.details or {}
             errors = {
-                int(e["index"]): self.redact(str(e.get("errmsg", "write failed")))
+                int(e["index"]): self.redact(_with_code(e.get("errmsg", "write failed"), e.get("code")))
                 for e in details.get("writeErrors", [])
             }
             return int(details.get("nMatched", 0)), errors
@@ -192,7 +187,7 @@ class GuardedWriter:
             try:
                 matched += self.collection.update_one(condition, update).matched_count
             except OperationFailure as exc:
-                errors[index] = self.redact(str((exc.details or {}).get("errmsg") or exc))
+                errors[index] = self.redact(_with_code((exc.details or {}).get("errmsg") or exc, exc.code))
         return matched, errors
 
     def _classify(self, recheck: list[tuple[int, Planned]]) -> dict[int, Outcome]:
@@ -213,6 +208,11 @@ class GuardedWriter:
                     current=now,
                 )
         return outcomes
+
+
+def _with_code(message: Any, code: Any) -> str:
+    """The server's message with its error code, which (unlike the wording) every server shares."""
+    return f"{message} (code {code})" if isinstance(code, int) else str(message)
 
 
 def _has_applied(doc: dict[str, Any], update: dict[str, Any]) -> bool:

@@ -32,7 +32,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from migration.steps.base import StepParams
-from migration.steps.mongo.callables import check_spec, load_callable
+from migration.steps.callables import check_spec, load_callable
 from migration.steps.mongo.documents import (
     MISSING,
     UNADDRESSABLE,

@@ -15,7 +15,7 @@ from pymongo.errors import OperationFailure, PyMongoError
 from migration.errors import Interrupted, StepError
 from migration.steps.base import Step, StepContext, StepParams
 from migration.steps.mongo.checksums import collection_digest
-from migration.steps.mongo.common import connect, database_name, server_info
+from migration.steps.mongo.common import ServerKind, connect, database_name, detect_server
 from migration.steps.mongo.dumpfmt import (
     DumpedCollection,
     DumpError,
@@ -31,6 +31,7 @@ from migration.steps.registry import register
 INSERT_BATCH_DOCS = 1000
 INSERT_BATCH_BYTES = 8_000_000
 # Index options FerretDB 1.x implements; others are dropped there, with a warning.
+# Other servers get the specs as the dump has them (as mongorestore sends them).
 FERRETDB_INDEX_OPTIONS = {"key", "name", "unique", "sparse"}
 # FerretDB: 238 NotImplemented; 27 is what it answers for text/hashed/2dsphere keys.
 FERRETDB_UNSUPPORTED_CODES = {238, 27, 115}
@@ -90,19 +91,19 @@ def check_files(
 
 
 def _index_specs(
-    metadata: dict[str, Any], ferretdb: bool, warn: Callable[[str], None], collection: str
+    metadata: dict[str, Any], server: ServerKind, warn: Callable[[str], None], collection: str
 ) -> list[dict[str, Any]]:
     specs = []
     for index in metadata.get("indexes", []):
         if index.get("name") == "_id_":
             continue
         spec = {k: v for k, v in index.items() if k not in ("v", "ns", "background")}
-        if ferretdb:
+        if server.ferretdb1:
             dropped = sorted(set(spec) - FERRETDB_INDEX_OPTIONS)
             if dropped:
                 warn(
                     f"index {collection}.{spec.get('name')}: FerretDB does not support "
-                    f"{', '.join(dropped)}; created without"
+                    f"{', '.join(dropped)}; created without (FerretDB 1.x workaround, {server.name})"
                 )
                 spec = {k: v for k, v in spec.items() if k in FERRETDB_INDEX_OPTIONS}
         specs.append(spec)
@@ -113,17 +114,18 @@ def create_indexes(
     db: Database[Any],
     name: str,
     metadata: dict[str, Any],
-    ferretdb: bool,
+    server: ServerKind,
     warn: Callable[[str], None],
 ) -> list[str]:
     """Recreate the indexes recorded in a metadata file (not ``_id_``); return their names."""
     created = []
-    for spec in _index_specs(metadata, ferretdb, warn, name):
+    for spec in _index_specs(metadata, server, warn, name):
         try:
             db.command(SON([("createIndexes", name), ("indexes", [spec])]))
         except OperationFailure as exc:
-            if ferretdb and exc.code in FERRETDB_UNSUPPORTED_CODES:
-                warn(f"index {name}.{spec.get('name')} not created: FerretDB cannot ({exc.code})")
+            if server.ferretdb and exc.code in FERRETDB_UNSUPPORTED_CODES:
+                limit = f"{exc.code}, {server.name}"
+                warn(f"index {name}.{spec.get('name')} not created: FerretDB cannot ({limit})")
                 continue
             raise
         created.append(str(spec.get("name")))
@@ -147,7 +149,7 @@ def _create_collection(
 def restore_native(
     db: Database[Any],
     dumped: DumpedCollection,
-    ferretdb: bool,
+    server: ServerKind,
     warn: Callable[[str], None],
     advance: Callable[[int], None],
     check_stop: Callable[[], None],
@@ -155,7 +157,10 @@ def restore_native(
     """Insert a collection's raw documents in batches, then its indexes.
 
     The collection must be absent or empty. Returns (documents inserted, indexes made).
+    On FerretDB 1.x an insert command carries at most
+    :data:`~migration.steps.mongo.common.FERRETDB1_STATEMENTS_PER_COMMAND` documents.
     """
+    batch_docs = min(INSERT_BATCH_DOCS, server.statements_per_command or INSERT_BATCH_DOCS)
     metadata = read_metadata(dumped.metadata) if dumped.metadata else {}
     options = metadata.get("options") or {}
     _create_collection(db, dumped.name, dict(options), warn)
@@ -177,10 +182,10 @@ def restore_native(
     for document in iter_documents(dumped.bson):
         batch.append(RawBSONDocument(document))
         batch_bytes += len(document)
-        if len(batch) >= INSERT_BATCH_DOCS or batch_bytes >= INSERT_BATCH_BYTES:
+        if len(batch) >= batch_docs or batch_bytes >= INSERT_BATCH_BYTES:
             flush()
     flush()
-    return inserted, create_indexes(db, dumped.name, metadata, ferretdb, warn)
+    return inserted, create_indexes(db, dumped.name, metadata, server, warn)
 
 
 def verify_restored(
@@ -308,7 +313,19 @@ class MongoRestore(Step["MongoRestore.Params"]):
 
         client, db = connect(params.uri)
         try:
-            ferretdb = bool(server_info(client)["ferretdb"])
+            server = detect_server(client)
+            if server.ferretdb1:
+                ctx.log.info(
+                    "FerretDB 1.x workarounds: index options it lacks dropped, inserts capped",
+                    server=server.name,
+                    statements_per_command=server.statements_per_command,
+                )
+                if params.tool == "mongorestore":
+                    warn(
+                        f"mongorestore adds ns to every index spec, which {server.name} refuses "
+                        '(Index option "ns" is unknown): collections with indexes may fail; '
+                        "tool: native restores them"
+                    )
             names = {d.name for d in chosen}
             existing = set(db.list_collection_names())
             left_alone = sorted(n for n in existing - names if not n.startswith("system."))
@@ -383,7 +400,7 @@ class MongoRestore(Step["MongoRestore.Params"]):
                             bar.advance(file_counts[dumped.name])
                         else:
                             count, made = restore_native(
-                                db, dumped, ferretdb, warn, bar.advance, ctx.check_stop
+                                db, dumped, server, warn, bar.advance, ctx.check_stop
                             )
                             restored[dumped.name] = count
                             indexes[dumped.name] = made

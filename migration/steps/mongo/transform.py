@@ -13,8 +13,8 @@ from pymongo.errors import PyMongoError
 
 from migration.errors import InvalidDocument, StepError
 from migration.steps.base import Step, StepContext, StepParams
-from migration.steps.mongo.callables import check_spec, load_callable
-from migration.steps.mongo.common import connect, server_info
+from migration.steps.callables import check_spec, load_callable
+from migration.steps.mongo.common import connect, detect_server
 from migration.steps.mongo.documents import MISSING, decode_id, encode_id, get_path, show_id, to_json
 from migration.steps.mongo.guarded_writes import GuardedWriter, Planned, Planner
 from migration.steps.mongo.operations import Operation, OperationsProgram, describe
@@ -193,7 +193,14 @@ class _Run:
         return Position(last, counters, log, offset if log is not None else 0)
 
     def execute(self) -> dict[str, Any]:
-        ferretdb = server_info(self.db.client)["ferretdb"]
+        server = detect_server(self.db.client)
+        if server.statements_per_command:
+            self.ctx.log.info(
+                "FerretDB 1.x workaround: update commands capped",
+                server=server.name,
+                statements_per_command=server.statements_per_command,
+            )
+        ferretdb = server.ferretdb1
         saved = self.ctx.resume or {}
         ours = saved.get("collection") in (None, self.params.collection)
         if ours and saved.get("partitions"):

@@ -39,7 +39,7 @@ from pydantic import TypeAdapter
 
 from migration.errors import Interrupted, StepError
 from migration.secrets import Redactor
-from migration.steps.mongo.callables import load_callable
+from migration.steps.callables import load_callable
 from migration.steps.mongo.common import connect
 from migration.steps.mongo.documents import decode_id, encode_id
 from migration.steps.mongo.guarded_writes import GuardedWriter, Planner

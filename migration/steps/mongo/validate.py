@@ -13,7 +13,7 @@ from pymongo.errors import PyMongoError
 
 from migration.errors import StepError
 from migration.steps.base import Step, StepContext, StepParams
-from migration.steps.mongo.common import connect, server_info
+from migration.steps.mongo.common import connect, detect_server
 from migration.steps.mongo.record_log import new_path
 from migration.steps.mongo.validation_checks import Check, Checker
 from migration.steps.registry import register
@@ -99,7 +99,12 @@ class MongoValidate(Step["MongoValidate.Params"]):
         params = ctx.params
         client, db = connect(params.uri)
         try:
-            checker = Checker(db, ctx.path, server_info(client)["ferretdb"])
+            server = detect_server(client)
+            if server.ferretdb1:
+                ctx.log.info(
+                    "FerretDB 1.x workaround: references read target _ids in one scan", server=server.name
+                )
+            checker = Checker(db, ctx.path, server.ferretdb1)
             results = []
             for check in params.checks:
                 ctx.check_stop()
