@@ -48,6 +48,8 @@ class UpdateError(ValueError):
 
 def get_path(doc: Any, path: str) -> Any:
     """The value at a dotted ``path``; MISSING when absent, UNADDRESSABLE through arrays."""
+    if "." not in path and type(doc) is dict:
+        return doc.get(path, MISSING)
     node = doc
     for part in path.split("."):
         if isinstance(node, list):
