@@ -10,7 +10,8 @@ Operations: ``noop`` (the memory floor: imports and a connection), ``read``
 (the ``mongo.backup`` step), ``mongodump``, ``restore`` (the ``mongo.restore``
 step), ``insert`` (bare ``insert_many`` of raw batches from a .bson file),
 ``mongorestore``, ``transform`` (the ``mongo.transform`` step; its worker processes' CPU
-is added to ``cpu_seconds``), ``recipe`` (the bank-details recipe alone), ``naive`` (find,
+is added to ``cpu_seconds``), ``recipe`` (the bank-details recipe alone), ``bulk_floor``
+(unordered ``bulk_write`` of ``UpdateOne`` by ``_id``: the write floor), ``naive`` (find,
 then ``update_one`` per document, as a hand-written script does),
 ``update_many`` (one server-side statement), ``parallel_read`` (N threads
 reading disjoint ``_id`` ranges).
@@ -275,6 +276,29 @@ def op_transform(args: dict[str, Any]) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     keys = ("total", "migrated", "skipped", "invalid", "errors", "conflicts")
     return {"seconds": seconds, **{k: outputs.get(k) for k in keys}}
+
+
+def op_bulk_floor(args: dict[str, Any]) -> dict[str, Any]:
+    """The write floor: unordered ``bulk_write`` of one ``UpdateOne`` by ``_id`` per document.
+
+    The same operators the recipe writes, in commands of ``chunk`` statements (20 on
+    FerretDB 1.x, its cap). ``seconds`` and ``write_cpu_seconds`` cover the writes
+    alone (the ``_id`` values are read first, untimed).
+    """
+    from pymongo import UpdateOne
+
+    coll = collection(args["url"])
+    ids = [d["_id"] for d in coll.find({}, {"_id": 1})]
+    size = int(args.get("chunk", 1000))
+    update = {"$set": {"iban_number": None, "swift_bic_number": None}, "$unset": {"swift_bic_iban": ""}}
+    started, cpu = time.perf_counter(), time.process_time()
+    for start in range(0, len(ids), size):
+        coll.bulk_write([UpdateOne({"_id": i}, update) for i in ids[start : start + size]], ordered=False)
+    return {
+        "seconds": time.perf_counter() - started,
+        "write_cpu_seconds": round(time.process_time() - cpu, 4),
+        "docs": len(ids),
+    }
 
 
 def op_recipe(args: dict[str, Any]) -> dict[str, Any]:

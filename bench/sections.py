@@ -140,6 +140,8 @@ def transform(setup: Setup) -> list[Figure]:
     empty = Figure("transform", "update_many: $set/$unset of the empty values only (server side)", n)
     every = Figure("transform", "update_many: the same $set/$unset on every document (write floor)", n)
     recipe = Figure("transform", "the recipe alone (CPU seconds of its calls, no server)", n)
+    chunk = 20 if setup.server.ferretdb else 1000
+    floor = Figure("transform", f"bulk_write floor: unordered UpdateOne by _id, {chunk} a command", n)
     migrated: dict[str, set[Any]] = {"step": set(), "workers": set(), "naive": set()}
     for k in range(setup.repeat):
         say(f"transform: repetition {k + 1}/{setup.repeat} ({n:,} documents)")
@@ -156,18 +158,22 @@ def transform(setup: Setup) -> list[Figure]:
         empty.add(_transform_once(setup, path, "update_many", which="empty"))
         every.add(_transform_once(setup, path, "update_many", which="all"))
         recipe.add(run_child("recipe", file=str(path)))
+        result = _transform_once(setup, path, "bulk_floor", chunk=chunk)
+        floor.add(result)
+        floor.cpu[-1] = result["write_cpu_seconds"]  # the writes alone, not reading the ids
     drop_database(setup.server, SCRATCH)
     if not migrated["step"] == migrated["workers"] == migrated["naive"]:
         step.note = f"WARNING: migrated counts differ: {migrated}"
     step.extra["speedup_over_naive"] = round(naive.median / step.median, 2)
     workers.extra["speedup_over_one_worker"] = round(step.median / workers.median, 2)
+    step.extra["ratio_floor_time_to_step_time"] = round(floor.median / step.median, 2)
     every.extra["speedup_over_naive"] = round(naive.median / every.median, 2)
-    for figure in (step, workers, naive, recipe):
+    for figure in (step, workers, naive, floor):
         if figure.cpu:
             figure.extra["cpu_us_per_doc"] = round(statistics.median(figure.cpu) * 1e6 / n, 1)
     recipe.extra["cpu_us_per_doc"] = round(recipe.median * 1e6 / n, 1)
     empty.note = "covers only the documents whose value is null, missing or empty"
-    return [step, workers, naive, empty, every, recipe]
+    return [step, workers, naive, floor, empty, every, recipe]
 
 
 def sweep(setup: Setup) -> list[Figure]:

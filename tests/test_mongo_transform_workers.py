@@ -68,6 +68,32 @@ def test_three_workers_leave_what_one_worker_leaves(
     assert [p["lo"] for p in parts[1:]] == [p["hi"] for p in parts[:-1]]
 
 
+def test_operations_run_in_workers_as_in_one_process(
+    mongo_url: str, mongo_db: Database[Any], tmp_path: Path
+) -> None:
+    codes = ["GB82WEST12345698765432", "HSBCGB2LXXX", "", "garbage", None]
+    for name in ("reference", "parallel"):
+        mongo_db[name].insert_many([{"_id": i, "code": codes[i % 5], "bank": f"b{i}"} for i in range(300)])
+    operations = [
+        {"rename": {"bank": "bank_name"}},
+        {
+            "split": {
+                "field": "code",
+                "into": {
+                    "iban_number": {"function": "migration.recipes.bank_details:is_valid_iban"},
+                    "swift_bic_number": {"regex": "^[A-Z]{6}[A-Z0-9]{2}([A-Z0-9]{3})?$"},
+                },
+            }
+        },
+    ]
+    common = {"operations": operations, "batch_size": 40}
+    reference = transform(mongo_url, tmp_path / "ref", collection="reference", **common)
+    outputs = transform(mongo_url, tmp_path / "par", collection="parallel", workers=2, **common)
+    assert without_log(outputs) == without_log(reference) and reference["invalid"] == 60
+    assert snapshot(mongo_db, "parallel") == snapshot(mongo_db, "reference")
+    assert records(outputs["log"]) == records(reference["log"])
+
+
 def test_the_step_dying_between_records_resumes_to_the_same_result(
     mongo_url: str, mongo_db: Database[Any], tmp_path: Path
 ) -> None:

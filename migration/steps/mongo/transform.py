@@ -328,8 +328,9 @@ class _Run:
             f"would transform {count} documents of {self.db.name}.{params.collection}"
             + (f" matching {to_json(params.filter)}" if params.filter else "")
             + (f" after _id {show_id(resumed_after)} (resuming)" if resumed_after is not None else "")
-            + f" with {mode}, in batches of {params.batch_size}, guarded updates;"
-            f" log to {self.ctx.path(params.log_dir)}/migration-log-<timestamp>.json",
+            + f" with {mode}, in batches of {params.batch_size}, guarded updates"
+            + (f", by {params.workers} workers over _id ranges;" if params.workers > 1 else ";")
+            + f" log to {self.ctx.path(params.log_dir)}/migration-log-<timestamp>.json",
         ]
         if count == 0 or params.sample == 0:
             return "\n".join(lines)
