@@ -39,9 +39,11 @@ from migration.steps.mongo.operations import OperationOutcome, OperationsProgram
 # a command of 50 or more statements never finishes and wedges the server. Keep
 # commands well below that.
 FERRETDB_STATEMENTS_PER_COMMAND = 20
-# Concurrent writers (``workers``) share that pool: all their statements in flight
-# together stay under this, so no mix of half-done commands can exhaust it.
-FERRETDB_STATEMENTS_IN_FLIGHT = 40
+# Concurrent writers (``workers``) share that pool with every other client: together
+# they keep no more statements in flight than one writer does, so workers add no
+# risk of exhausting it (a mix of half-done commands from several clients that
+# reaches 50 wedges it just the same: seen with two transforms on one server).
+FERRETDB_STATEMENTS_IN_FLIGHT = FERRETDB_STATEMENTS_PER_COMMAND
 
 
 @dataclass

@@ -76,9 +76,9 @@ class MongoTransform(Step["MongoTransform.Params"]):
     counts the errors of all ranges (checked after each batch: other ranges may
     have gone a batch further when it fails). Collections whose ``_id`` values
     are not all numbers, strings, ObjectIds or dates run with one worker. On
-    FerretDB 1.x the workers share its statement budget (fewer updates per
-    command each) and every range query reads the whole collection there, so
-    workers help on servers that index ``_id`` ranges.
+    FerretDB 1.x the workers together send no more updates at once than one
+    transform does (20: fewer per command each) and every range query reads the
+    whole collection there, so workers help on servers that index ``_id`` ranges.
 
     Outputs: ``total``, ``migrated``, ``skipped``, ``invalid``, ``errors``,
     ``conflicts``, ``log`` (path of the per-record log).
