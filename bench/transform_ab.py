@@ -8,9 +8,12 @@
 Each repetition reseeds the same ``PropertyBankDetails`` documents and runs, each
 in a fresh child process (``bench/child.py transform`` of the tree named), the
 "before" tree, this tree, and this tree with ``workers`` (``--workers``), so a
-burst of load from a neighbour hits all of them alike. Prints medians (min-max)
-of the seconds and of the client CPU per document (the child's CPU, its worker
-processes included), and the ratios taken in the same run.
+burst of load from a neighbour hits all of them alike; each at ``--docs`` and at
+``--small`` documents. Prints medians (min-max) of the seconds and of the client
+CPU per document (the child's CPU, its worker processes included): over the
+whole step, and per additional document, ``(CPU at docs - CPU at small) / (docs
+- small)``, which leaves out what a run costs whatever its size (connecting,
+counting, importing the recipe's registry, starting worker processes).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", type=Path, required=True, help="checkout to compare with")
     parser.add_argument("--docs", type=int, default=2000)
+    parser.add_argument("--small", type=int, default=500, help="the smaller run, for CPU per document")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--url", default=None, help="server URL (default: a private FerretDB)")
@@ -62,15 +66,18 @@ def main(argv: list[str] | None = None) -> int:
         f"after, workers {args.workers}": (PROJECT, {"workers": args.workers}),
     }
     samples: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
+    small: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
     try:
         path = dataset_file(args.docs, PROJECT / "bench" / ".cache")
+        small_path = dataset_file(args.small, PROJECT / "bench" / ".cache")
         url = server.database_url(SCRATCH)
         for k in range(args.repeat):
             say(f"repetition {k + 1}/{args.repeat}")
             for name, (tree, extra) in variants.items():
-                seed(server, SCRATCH, path, COLLECTION)
-                with tempfile.TemporaryDirectory() as log_dir:
-                    samples[name].append(run_tree(tree, url, Path(log_dir), **extra))
+                for source, into in ((path, samples), (small_path, small)):
+                    seed(server, SCRATCH, source, COLLECTION)
+                    with tempfile.TemporaryDirectory() as log_dir:
+                        into[name].append(run_tree(tree, url, Path(log_dir), **extra))
         drop_database(server, SCRATCH)
     finally:
         server.stop()
@@ -81,14 +88,21 @@ def main(argv: list[str] | None = None) -> int:
         f"- machine: {machine()}",
         f"- {args.docs:,} documents, {args.repeat} interleaved repetitions; medians (min-max)",
         "",
-        "| what | seconds | client CPU µs/doc | migrated |",
-        "|---|---:|---:|---:|",
+        f"| what | seconds | client CPU µs/doc, whole step | client CPU µs per additional doc "
+        f"({args.small:,} to {n:,}) | migrated |",
+        "|---|---:|---:|---:|---:|",
     ]
     for name, results in samples.items():
         seconds = [r["seconds"] for r in results]
         cpu = [r["cpu_seconds"] / n for r in results]
+        extra_cpu = [
+            (big["cpu_seconds"] - little["cpu_seconds"]) / (n - args.small)
+            for big, little in zip(results, small[name], strict=True)
+        ]
         migrated = sorted({r.get("migrated") for r in results}, key=str)
-        lines.append(f"| {name} | {cell(seconds)} | {cell(cpu, 1e6, 0)} | {migrated} |")
+        lines.append(
+            f"| {name} | {cell(seconds)} | {cell(cpu, 1e6, 0)} | {cell(extra_cpu, 1e6, 0)} | {migrated} |"
+        )
     names = list(samples)
     med = {name: statistics.median(r["cpu_seconds"] for r in samples[name]) for name in names}
     sec = {name: statistics.median(r["seconds"] for r in samples[name]) for name in names}

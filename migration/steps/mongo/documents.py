@@ -61,6 +61,8 @@ def get_path(doc: Any, path: str) -> Any:
 
 
 def _check_path(path: str) -> list[str]:
+    if path and "." not in path and path[0] != "$" and path != "_id":
+        return [path]  # the common case: a top-level field
     parts = path.split(".")
     if not path or any(not p for p in parts):
         raise UpdateError(f"bad field path {path!r}")
@@ -108,10 +110,11 @@ def copy_value(value: Any) -> Any:
     kind = type(value)
     if kind in _SHAREABLE:
         return value
+    # Scalars are checked inline: a call per field would double the cost.
     if kind is dict:
-        return {key: copy_value(item) for key, item in value.items()}
+        return {k: v if type(v) in _SHAREABLE else copy_value(v) for k, v in value.items()}
     if kind is list:
-        return [copy_value(item) for item in value]
+        return [v if type(v) in _SHAREABLE else copy_value(v) for v in value]
     return copy.deepcopy(value)
 
 
@@ -283,10 +286,10 @@ def to_json(value: Any) -> Any:
     kind = type(value)
     if kind in _JSON_SCALARS:
         return value
-    if kind is dict and all(type(key) is str for key in value):
-        return {key: to_json(item) for key, item in value.items()}
+    if kind is dict and (not value or set(map(type, value)) == _STR_ONLY):
+        return {k: v if type(v) in _JSON_SCALARS else to_json(v) for k, v in value.items()}
     if kind is list:
-        return [to_json(item) for item in value]
+        return [v if type(v) in _JSON_SCALARS else to_json(v) for v in value]
     if kind is ObjectId:
         return {"$oid": str(value)}
     if kind is float and math.isfinite(value):
@@ -302,6 +305,7 @@ def to_json(value: Any) -> Any:
 
 
 _JSON_SCALARS = frozenset({str, int, bool, type(None)})
+_STR_ONLY = {str}
 _EPOCH = datetime(1970, 1, 1)
 
 

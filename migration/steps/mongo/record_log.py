@@ -93,8 +93,8 @@ def _json_sharing(value: Any, before: Any, before_json: Any) -> Any:
     """
     if type(value) is not dict or type(before) is not dict or type(before_json) is not dict:
         return to_json(value)
-    if not all(type(key) is str for key in value) or not all(type(key) is str for key in before):
-        return to_json(value)
+    if {*map(type, value), *map(type, before)} - {str}:
+        return to_json(value)  # a non-text key: the general path
     converted = {}
     for key, item in value.items():
         old = before.get(key, _ABSENT)
