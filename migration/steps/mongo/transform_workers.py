@@ -313,7 +313,8 @@ class PartitionedRun:
                     if self.interrupted is not None or self.failure is not None:
                         stopping = True
                         for conn in busy:
-                            conn.send(("stop",))
+                            with contextlib.suppress(OSError):  # a dead one reads as ended below
+                                conn.send(("stop",))
                 for ready in wait(list(busy), timeout=0.2):
                     conn = ready  # type: ignore[assignment]
                     try:
@@ -371,7 +372,8 @@ class PartitionedRun:
             self.advance(int(record["counters"]["total"]) - before)
             self._check_errors()
             if kind == "progress":
-                conn.send(("stop",) if stopping or self.failure is not None else ("ack",))
+                with contextlib.suppress(OSError):
+                    conn.send(("stop",) if stopping or self.failure is not None else ("ack",))
             else:
                 busy.pop(conn)
                 self._assign(conn, todo, busy)
