@@ -1,12 +1,16 @@
-"""One registry of step types, keyed by name.
+"""One registry of plugins: step types, keyed by name, and rollback handlers.
 
-Filled by the :func:`register` decorator (built-ins) and by the ``migration.steps``
-entry point group (plugins: each entry point names a :class:`Step` subclass).
+Step types are filled by the :func:`register` decorator (built-ins) and by the
+``migration.steps`` entry point group (plugins: each entry point names a
+:class:`Step` subclass). Rollback handlers (``rollback: {handler: NAME}``) come
+from :func:`register_handler` or the ``migration.rollback_handlers`` group.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from importlib.metadata import entry_points
 from typing import Any, TypeVar
 
@@ -83,3 +87,50 @@ def get_step_type(name: str) -> type[Step[Any]] | None:
     if name not in _REGISTRY:
         _load()  # a plugin, or unknown
     return _REGISTRY.get(name)
+
+
+def unregister(name: str) -> None:
+    """Remove a step type registered under ``name`` (tests, and plugins that reload)."""
+    _REGISTRY.pop(name, None)
+
+
+@contextmanager
+def registered(cls: S) -> Iterator[S]:
+    """Register ``cls`` for the duration of a ``with`` block."""
+    register(cls)
+    try:
+        yield cls
+    finally:
+        unregister(cls.name)
+
+
+# -- rollback handlers --------------------------------------------------------------
+# ``handler(ctx, **with)`` callables, run as ordinary steps through the adapter in
+# :mod:`migration.steps.rollback_handler`.
+
+RollbackHandler = Callable[..., Any]
+HANDLER_GROUP = "migration.rollback_handlers"
+
+_HANDLERS: dict[str, RollbackHandler] = {}
+
+
+def register_handler(name: str) -> Callable[[RollbackHandler], RollbackHandler]:
+    """Decorator: register a rollback handler under ``name``."""
+
+    def decorate(fn: RollbackHandler) -> RollbackHandler:
+        _HANDLERS[name] = fn
+        return fn
+
+    return decorate
+
+
+def find_handler(name: str) -> RollbackHandler | None:
+    """The rollback handler registered (or installed as an entry point) under ``name``."""
+    if name in _HANDLERS:
+        return _HANDLERS[name]
+    for ep in entry_points(group=HANDLER_GROUP):
+        if ep.name == name:
+            handler = ep.load()
+            _HANDLERS[name] = handler
+            return handler
+    return None

@@ -70,6 +70,7 @@ class Shell(Step["Shell.Params"]):
     """
 
     name = "shell"
+    undo_verb = "run"
 
     class Params(StepParams):
         command: list[str] | str = Field(
