@@ -20,6 +20,7 @@ from migration.plan import templates
 from migration.plan.loader import LoadedPlan
 from migration.plan.model import StepSpec
 from migration.secrets import Redactor
+from migration.state.document import Status
 from migration.steps.base import StepContext
 from migration.steps.registry import get_step_type
 
@@ -50,7 +51,7 @@ class Previewer:
             *loaded.plan.rollback_steps(),
         ]
         context.steps = {
-            s.id: {"outputs": templates.Placeholder(f"steps.{s.id}.outputs"), "status": "pending"}
+            s.id: {"outputs": templates.Placeholder(f"steps.{s.id}.outputs"), "status": Status.PENDING}
             for s in everything
         }
 

@@ -50,7 +50,6 @@ PHASE_STATES: tuple[Status, ...] = (S.PENDING, S.RUNNING, S.SUCCEEDED, S.FAILED,
 STEP_STATES: frozenset[str] = frozenset(
     {S.PENDING, S.RUNNING, S.SUCCEEDED, S.FAILED, S.SKIPPED, S.INTERRUPTED}
 )
-CHECKPOINT_STATES: frozenset[str] = frozenset({S.PENDING, S.NONE, S.PASSED, S.FAILED})
 ROLLBACK_STATES: frozenset[str | None] = frozenset({None, S.RUNNING, S.SUCCEEDED, S.FAILED})
 # A run in one of these is over: the next ``migration run`` starts a new one.
 FINISHED: frozenset[str] = frozenset({S.SUCCEEDED, S.ROLLED_BACK, S.ABANDONED})

@@ -16,7 +16,7 @@ from typing import Any
 from migration.errors import StateError
 from migration.secrets import Redactor
 from migration.state.atomic import atomic_write, fsync_dir, state_dir_error
-from migration.state.document import SCHEMA_VERSION, RunDoc, StepDoc
+from migration.state.document import SCHEMA_VERSION, JournalEntry, RunDoc, StepDoc
 from migration.state.events import EventLog
 from migration.state.journal import Journal
 from migration.state.lock import PlanLock
@@ -118,9 +118,6 @@ class StateStore:
     JOURNAL_THRESHOLD = 64 * 1024
     COMPACT_EVERY = 256
 
-    def journal_path(self, run_id: str) -> Path:
-        return self.journal.path(run_id)
-
     @property
     def _abandon_hint(self) -> str:
         return f"set it aside and start a new run with: migration abandon {self.plan_name}"
@@ -172,7 +169,8 @@ class StateStore:
             self.save(state)
             return
         self.journal.seq += 1
-        line = self._encode({"seq": self.journal.seq, "step": step}) + b"\n"
+        entry: JournalEntry = {"seq": self.journal.seq, "step": step}
+        line = self._encode(entry) + b"\n"
         try:
             self.journal.append(state["run_id"], line, durable=durable)
         except OSError as exc:
