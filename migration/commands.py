@@ -16,7 +16,7 @@ import structlog
 import yaml
 
 from migration import report
-from migration.context import PLACEHOLDER_RUN_ID, RunInputs, prepare, run_context
+from migration.context import PLACEHOLDER_RUN_ID, RunInputs, check_vars, prepare, run_context
 from migration.errors import (
     Interrupted,
     MigrationError,
@@ -95,6 +95,7 @@ def run(request: RunRequest) -> RunDoc:
     """Run a plan, or resume its unfinished run. Returns the final state (succeeded);
     raises the outcome's MigrationError otherwise."""
     inputs = _prepare(request, strict_env=True)
+    check_vars(inputs)
     loaded = inputs.loaded
     store = _acquire(request.state_dir, loaded.plan.name)
     try:
@@ -211,6 +212,7 @@ def rollback(request: RunRequest) -> RunDoc:
     inputs = prepare(
         request.plan_path, request.var_pairs, request.env_file, request.workdir, redactor(), strict_env=True
     )
+    check_vars(inputs)
     loaded = inputs.loaded
     store = _acquire(request.state_dir, loaded.plan.name)
     try:

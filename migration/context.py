@@ -177,6 +177,15 @@ def prepare(
     return RunInputs(loaded, env, overrides, warnings, missing)
 
 
+def check_vars(inputs: RunInputs) -> None:
+    """Render ``vars`` with a placeholder run, to refuse a bad template before anything
+    is written (the run's own context comes once the run exists)."""
+    if not inputs.missing_env:
+        name = inputs.loaded.plan.name
+        run = {"id": PLACEHOLDER_RUN_ID, "started_at": "", "plan": name, "plan_name": name}
+        render_vars(inputs.loaded, inputs.overrides, inputs.env, run)
+
+
 def run_context(inputs: RunInputs, run_id: str, started_at: str, redact: Redactor) -> TemplateContext:
     """The context of one run: ``vars`` rendered with the real ``run`` (id, start, plan)."""
     name = inputs.loaded.plan.name
