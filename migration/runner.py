@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,10 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
+from migration.checkpoints import evaluate_checkpoint
 from migration.context import TemplateContext
 from migration.errors import Interrupted, MigrationError, StepError
+from migration.interrupts import Interrupts, StepTimeout
 from migration.leftovers import STEP_MARK, leftover_processes, stop_leftovers
 from migration.machine import Lifecycle, phase_lifecycle, run_lifecycle, step_lifecycle
 from migration.plan import templates
@@ -36,17 +37,13 @@ from migration.rollback import Entry, missing_dependency, phase_entries, rollbac
 from migration.run_document import all_steps, failure_message, jsonable
 from migration.secrets import Redactor
 from migration.state import DONE, PhaseDoc, RunDoc, StateStore, Status, StepDoc, now_iso
-from migration.state.document import ENDED, CheckpointResult
-from migration.steps.base import Step, StepContext, StopFlag
+from migration.state.document import ENDED
+from migration.steps.base import Step, StepContext
 from migration.steps.registry import get_step_type
 from migration.steps.rollback_handler import handler_step_type
 
 log = structlog.get_logger("migration")
 S = Status
-
-
-class StepTimeout(MigrationError):
-    pass
 
 
 class _PhaseFailed(Exception):
@@ -83,26 +80,18 @@ class Runner:
         self.context = context
         self.options = options
         self.redact = redact
-        self.stop_flag = StopFlag()
+        self.interrupts = Interrupts()
+        self.stop_flag = self.interrupts.stop_flag
         self.run = run_lifecycle(state["status"])
         # One machine checks every step's moves (built once: a run may have thousands of steps).
         self._step_machine = step_lifecycle("", S.PENDING)
         self.events = store.open_events(state["run_id"])
-        self._interruptible = False
         self._refresh_step_context()
 
     # -- persistence ----------------------------------------------------------------
-    @contextlib.contextmanager
-    def _critical(self) -> Iterator[None]:
-        """No Interrupted is raised while the state is being written."""
-        was = self._interruptible
-        self._interruptible = False
-        try:
-            yield
-        finally:
-            self._interruptible = was
-        if was and self.stop_flag.is_set():
-            raise Interrupted(f"interrupted by {self.stop_flag.signal_name}")
+    def signals(self) -> contextlib.AbstractContextManager[None]:
+        """SIGINT/SIGTERM stop the run at a safe point (resumable) while this is entered."""
+        return self.interrupts.signals()
 
     def persist(self, step: StepDoc | None = None, *, durable: bool = True) -> None:
         """Make the state durable; a change confined to ``step`` may go to the journal.
@@ -110,7 +99,7 @@ class Runner:
         ``durable=False`` (a step's end): written at once, made durable by the next
         persist, which always precedes the next action (see ``StateStore.save_step``).
         """
-        with self._critical():
+        with self.interrupts.critical():
             if step is None:
                 self.store.save(self.state)
             else:
@@ -144,49 +133,7 @@ class Runner:
         """Apply ``trigger`` to a step document (an illegal move is a StateError)."""
         st["status"] = self._step_machine.fire_from(st["status"], trigger, f"step {st['id']}")
 
-    # -- signals ----------------------------------------------------------------------
-    @contextlib.contextmanager
-    def signals(self) -> Iterator[None]:
-        def handler(signum: int, frame: Any) -> None:
-            name = signal.Signals(signum).name
-            first = not self.stop_flag.is_set()
-            self.stop_flag.set(name)
-            if first:
-                log.warning("stopping", signal=name, hint="the run will stop at a safe point; resumable")
-            if self._interruptible:
-                self._interruptible = False
-                raise Interrupted(f"interrupted by {name}")
-
-        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
-
-    @contextlib.contextmanager
-    def _interruptible_section(self, timeout: float | None) -> Iterator[None]:
-        def on_alarm(signum: int, frame: Any) -> None:
-            if self._interruptible:
-                self._interruptible = False
-                raise StepTimeout(f"timed out after {timeout:g}s")
-
-        old_alarm = None
-        if timeout:
-            old_alarm = signal.signal(signal.SIGALRM, on_alarm)
-            signal.setitimer(signal.ITIMER_REAL, timeout)
-        if self.stop_flag.is_set():
-            raise Interrupted(f"interrupted by {self.stop_flag.signal_name}")
-        self._interruptible = True
-        try:
-            yield
-        finally:
-            self._interruptible = False
-            if timeout:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-                signal.signal(signal.SIGALRM, old_alarm or signal.SIG_DFL)
-
-    # -- helpers ------------------------------------------------------------------------
+    # -- what templates see ---------------------------------------------------------
     def _refresh_step_context(self) -> None:
         """Rebuild what templates see of finished steps (once, at start)."""
         self.context.steps = {}
@@ -264,7 +211,7 @@ class Runner:
         return self.state
 
     def _interrupt(self, reason: str) -> None:
-        self._interruptible = False
+        self.interrupts.disarm()
         self.state["interrupted_from"] = (
             self.run.state if self.run.state in (S.RUNNING, S.ROLLING_BACK) else None
         )
@@ -329,37 +276,15 @@ class Runner:
         self._fire_run("rollback_done")
 
     def _checkpoint(self, phase: Phase, phase_state: PhaseDoc) -> _PhaseFailed | None:
+        checkpoint, failed = evaluate_checkpoint(phase, self.context.as_dict(), self.redact)
+        phase_state["checkpoint"] = checkpoint
         if not phase.checkpoint:
-            phase_state["checkpoint"] = {"status": S.NONE, "results": []}
             return None
-        results: list[CheckpointResult] = []
-        failed: list[str] = []
-        ctx = self.context.as_dict()
-        for cp in phase.checkpoint:
-            result: CheckpointResult = {"that": cp.that, "message": cp.message}
-            try:
-                value = templates.evaluate(cp.that, ctx)
-                result["passed"] = templates.truthy(value)
-                result["value"] = jsonable(value) if not isinstance(value, bool) else value
-            except templates.TemplateError as exc:
-                result["passed"] = False
-                result["error"] = str(exc)
-            results.append(self.redact(result))
-            if not result["passed"]:
-                why = cp.message or cp.that
-                if result.get("error"):
-                    why += f" ({result['error']})"
-                failed.append(why)
-        phase_state["checkpoint"] = {
-            "status": S.FAILED if failed else S.PASSED,
-            "results": results,
-            "evaluated_at": now_iso(),
-        }
         self.persist()
-        self.event("checkpoint", phase=phase.id, status=phase_state["checkpoint"]["status"], failed=failed)
+        self.event("checkpoint", phase=phase.id, status=checkpoint["status"], failed=failed)
         if failed:
             return _PhaseFailed(f"checkpoint of phase {phase.id} failed: {'; '.join(failed)}", phase.id, None)
-        log.info("checkpoint passed", phase=phase.id, conditions=len(results))
+        log.info("checkpoint passed", phase=phase.id, conditions=len(checkpoint["results"]))
         return None
 
     # -- the one step loop -------------------------------------------------------------
@@ -476,7 +401,7 @@ class Runner:
             error: str | None = None
             outputs: dict[str, Any] = {}
             try:
-                with self._interruptible_section(spec.timeout):
+                with self.interrupts.section(spec.timeout):
                     outputs = step_type().run(ctx) or {}
             except Interrupted:
                 raise
@@ -513,7 +438,7 @@ class Runner:
                 self.persist(st)
                 self.event("step", step=spec.id, dest="retry", error=error, attempt=st["attempts"])
                 log.warning("step failed; retrying", step=spec.id, error=error, in_s=delay)
-                with self._interruptible_section(None):
+                with self.interrupts.section(None):
                     self.stop_flag.wait(delay)
                 delay = min(delay * 2, 60)
                 continue

@@ -194,7 +194,8 @@ def test_a_rollback_handler_runs_as_a_step_with_env_redaction_and_stop_flag(
     monkeypatch.setenv("TEST_ENGINE_TOKEN", "tok-3f9a1c")
     _plan(
         tmp_path,
-        "rollback: {handler: test-engine-record, with: {target: out.json, token: '{{ env.TEST_ENGINE_TOKEN }}'}}",
+        "rollback: {handler: test-engine-record,"
+        " with: {target: out.json, token: '{{ env.TEST_ENGINE_TOKEN }}'}}",
     )
     state_dir = tmp_path / "state"
 
