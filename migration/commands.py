@@ -18,23 +18,22 @@ import yaml
 from migration import report
 from migration.context import PLACEHOLDER_RUN_ID, RunInputs, check_vars, prepare, run_context
 from migration.errors import (
-    Interrupted,
     MigrationError,
     PlanError,
     RollbackFailed,
-    RolledBack,
     StateError,
-    StepFailed,
     UsageError,
 )
 from migration.log import redactor
 from migration.machine import run_lifecycle
+from migration.outcomes import outcome
 from migration.plan.model import Plan
 from migration.preview import Previewer
-from migration.run_document import checkpoint_status, failure_message, new_state, reconcile
+from migration.run_document import failure_message, new_state, reconcile
 from migration.runner import Runner, RunOptions, interactive_stdin
-from migration.state import FINISHED, LIVE, RunDoc, StateStore, Status, new_run_id, now_iso
+from migration.state import FINISHED, RunDoc, StateStore, Status, new_run_id, now_iso
 from migration.steps.registry import step_types
+from migration.summary import format_status, summarize
 
 log = structlog.get_logger("migration")
 
@@ -87,10 +86,6 @@ def dry_run(request: RunRequest) -> tuple[str, int]:
     return text, 1 if previewer.problems else 0
 
 
-def _resume_message(state: RunDoc, plan_path: str) -> str:
-    return f"run {state['run_id']} of {state['plan_name']}; resume it with: migration run {plan_path}"
-
-
 def run(request: RunRequest) -> RunDoc:
     """Run a plan, or resume its unfinished run. Returns the final state (succeeded);
     raises the outcome's MigrationError otherwise."""
@@ -139,10 +134,10 @@ def run(request: RunRequest) -> RunDoc:
             store.save(state)
             store.set_current(state["run_id"])
             log.info("new run", run_id=state["run_id"], plan=loaded.plan.name)
-        runner = Runner(loaded, store, state, context, _options(request), redactor())
+        runner = Runner(loaded.plan, store, state, context, _options(request), redactor())
         with runner.signals():
             runner.execute()
-        return _outcome(runner.state, request.plan_path, loaded.plan.on_failure)
+        return outcome(runner.state, request.plan_path, loaded.plan.on_failure)
     finally:
         store.release()
 
@@ -167,44 +162,6 @@ def _options(request: RunRequest) -> RunOptions:
         interactive=interactive_stdin(),
         show_progress_bars=request.show_progress_bars,
     )
-
-
-def _outcome(state: RunDoc, plan_path: str, on_failure: str = "stop") -> RunDoc:
-    status = state["status"]
-    error = failure_message(state) or ""
-    if status == Status.SUCCEEDED:
-        return state
-    if status == Status.INTERRUPTED:
-        raise Interrupted(f"interrupted; {_resume_message(state, plan_path)}")
-    if status == Status.FAILED:
-        if on_failure == "rollback":
-            raise StepFailed(
-                f"{error}. Nothing was undone: the plan has no rollback for the phases that ran. Fix the "
-                f"cause and resume from the failed step with: migration run {plan_path}"
-            )
-        raise StepFailed(
-            f"{error}. The run stopped (on_failure: stop). Fix the cause and resume from the failed "
-            f"step with: migration run {plan_path}; or undo with: migration rollback {plan_path}"
-        )
-    if status == Status.ROLLED_BACK:
-        rb = state["rollback"]
-        skipped = [s for s in rb["steps"] if s["status"] == Status.SKIPPED]
-        note = "; ".join(f"{s['id']}: {s.get('reason')}" for s in skipped)
-        raise RolledBack(
-            f"{error or rb.get('reason')}. Rollback completed ({len(rb['steps'])} step(s))"
-            + (f"; skipped {note}" if note else "")
-        )
-    if status == Status.ROLLBACK_FAILED:
-        rb = state["rollback"]
-        raise RollbackFailed(
-            f"ROLLBACK FAILED - manual intervention needed. Original failure: {error or rb.get('reason')}. "
-            f"Rollback: {rb.get('error')}. "
-            f"Rollback steps done: {', '.join(rb.get('done') or []) or 'none'}; "
-            f"not done: {', '.join(rb.get('remaining') or []) or 'none'}. "
-            "The system may be half rolled back: "
-            f"check it, fix the cause, then retry the remaining steps with: migration rollback {plan_path}"
-        )
-    raise StateError(f"run ended in unexpected state {status}")
 
 
 def rollback(request: RunRequest) -> RunDoc:
@@ -238,14 +195,14 @@ def rollback(request: RunRequest) -> RunDoc:
             state["status"] = Status.INTERRUPTED
         reconcile(state, loaded)
         context = run_context(inputs, state["run_id"], state["started_at"], redactor())
-        runner = Runner(loaded, store, state, context, _options(request), redactor())
+        runner = Runner(loaded.plan, store, state, context, _options(request), redactor())
         reason = failure_message(state) or "rollback requested by operator"
         with runner.signals():
             runner.rollback(reason)
         final = runner.state
         if final["status"] == Status.ROLLED_BACK:
             return final
-        return _outcome(final, request.plan_path)
+        return outcome(final, request.plan_path)
     finally:
         store.release()
 
@@ -300,36 +257,6 @@ def plan_name_of(plan: str) -> str:
     return plan
 
 
-def _summary(state: RunDoc, store: StateStore | None = None) -> dict[str, Any]:
-    steps = [s for p in state["phases"] for s in p["steps"]]
-    counts: dict[str, int] = {}
-    for s in steps:
-        counts[s["status"]] = counts.get(s["status"], 0) + 1
-    current = next(
-        (s["id"] for s in steps if s["status"] in (Status.RUNNING, Status.INTERRUPTED, Status.FAILED)), None
-    )
-    downtime = report.downtime(state)
-    return {
-        "plan_name": state["plan_name"],
-        "run_id": state["run_id"],
-        "status": state["status"],
-        "started_at": state["started_at"],
-        "finished_at": state.get("finished_at"),
-        "needs_operator": state.get("needs_operator", False),
-        "error": failure_message(state),
-        "steps": counts,
-        "current_step": current,
-        "rollback": state["rollback"]["status"],
-        "downtime_s": downtime["seconds"] if downtime else None,
-        "phases": [
-            {"id": p["id"], "status": p["status"], "checkpoint": checkpoint_status(p)}
-            for p in state["phases"]
-        ],
-        # A run recorded as in progress whose process is gone died (or was SIGKILLed).
-        "process_alive": store.lock.is_held() if store and state["status"] in LIVE else None,
-    }
-
-
 def status(plan: str | None, state_dir: Path) -> list[dict[str, Any]]:
     """Summaries of the latest run of one plan, or of every plan in the state directory."""
     names = (
@@ -347,29 +274,8 @@ def status(plan: str | None, state_dir: Path) -> list[dict[str, Any]]:
             if plan:
                 raise UsageError(f"plan {name} has no runs in {state_dir}")
             continue
-        out.append(_summary(state, store))
+        out.append(summarize(state, store))
     return out
-
-
-def format_status(rows: list[dict[str, Any]]) -> str:
-    if not rows:
-        return "no runs\n"
-    lines = []
-    for r in rows:
-        steps = ", ".join(f"{n} {k}" for k, n in sorted(r["steps"].items()))
-        lines.append(f"{r['plan_name']}: {r['status']} (run {r['run_id']}, started {r['started_at']})")
-        if r.get("process_alive") is False:
-            lines.append("  its process is gone (it died): `migration run` resumes it")
-        lines.append(f"  steps: {steps}")
-        if r["current_step"]:
-            lines.append(f"  at step: {r['current_step']}")
-        if r["error"]:
-            lines.append(f"  failure: {r['error']}")
-        if r["rollback"]:
-            lines.append(f"  rollback: {r['rollback']}")
-        if r["needs_operator"]:
-            lines.append("  NEEDS AN OPERATOR: the rollback did not complete")
-    return "\n".join(lines) + "\n"
 
 
 def make_report(plan: str, fmt: str, run_id: str | None, state_dir: Path) -> str:

@@ -31,8 +31,7 @@ from migration.interrupts import Interrupts, StepTimeout
 from migration.leftovers import STEP_MARK, leftover_processes, stop_leftovers
 from migration.machine import Lifecycle, phase_lifecycle, run_lifecycle, step_lifecycle
 from migration.plan import templates
-from migration.plan.loader import LoadedPlan
-from migration.plan.model import Phase, StepSpec
+from migration.plan.model import Phase, Plan, StepSpec
 from migration.rollback import Entry, missing_dependency, phase_entries, rollback_entries, rollback_steps
 from migration.run_document import all_steps, failure_message, jsonable
 from migration.secrets import Redactor
@@ -66,15 +65,14 @@ class Runner:
 
     def __init__(
         self,
-        loaded: LoadedPlan,
+        plan: Plan,
         store: StateStore,
         state: RunDoc,
         context: TemplateContext,
         options: RunOptions,
         redact: Redactor,
     ) -> None:
-        self.loaded = loaded
-        self.plan = loaded.plan
+        self.plan = plan
         self.store = store
         self.state = state
         self.context = context
