@@ -18,17 +18,21 @@ PACKAGE = Path(__file__).resolve().parent.parent / "migration"
 
 # The engine: what drives a run. The plan layer knows none of it.
 ENGINE = (
+    "migration.checkpoints",
     "migration.cli",
     "migration.commands",
     "migration.context",
+    "migration.interrupts",
     "migration.leftovers",
     "migration.machine",
+    "migration.outcomes",
     "migration.preview",
     "migration.report",
     "migration.rollback",
     "migration.run_document",
     "migration.runner",
     "migration.state",
+    "migration.summary",
 )
 
 
@@ -165,6 +169,10 @@ def test_steps_import_neither_the_runner_nor_the_cli() -> None:
         if any(in_layer(target, layer) for layer in forbidden)
     )
     assert offenders == []
+
+
+def test_nothing_imports_the_cli() -> None:
+    assert sorted(name for name, targets in GRAPH.items() if "migration.cli" in targets) == []
 
 
 def test_only_the_cli_imports_click() -> None:
