@@ -20,6 +20,7 @@ from migration.errors import UsageError
 from migration.plan import templates
 from migration.plan.loader import LoadedPlan, env_references, format_path, load_plan
 from migration.secrets import Redactor
+from migration.steps.base import Step
 
 # The run id a dry run or ``validate`` renders with: no run exists.
 PLACEHOLDER_RUN_ID = "<dry-run>"
@@ -196,3 +197,10 @@ def run_context(inputs: RunInputs, run_id: str, started_at: str, redact: Redacto
     redact.learn(rendered)
     redact.add_env({k: v for k, v in rendered.items() if isinstance(v, str)})
     return TemplateContext(vars=rendered, env=inputs.env, run=run)
+
+
+def render_with(step_type: type[Step[Any]], with_: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+    """A step's ``with:`` rendered against ``context`` for its step type (the fields
+    the type quotes are quoted: see ``Step.quoted_fields``). Raises TemplateError."""
+    quoted = step_type.quoted_fields(with_)
+    return {k: templates.render_value(v, context, quote=k in quoted) for k, v in with_.items()}

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from migration.context import TemplateContext
+from migration.context import TemplateContext, render_with
 from migration.errors import MigrationError
 from migration.plan import templates
 from migration.plan.loader import LoadedPlan
@@ -77,10 +77,7 @@ class Previewer:
         assert step_type is not None
         ctx_dict = self.context.as_dict()
         try:
-            quoted = step_type.quoted_fields(spec.with_)
-            rendered = {
-                k: templates.render_value(v, ctx_dict, quote=k in quoted) for k, v in spec.with_.items()
-            }
+            rendered = render_with(step_type, spec.with_, ctx_dict)
         except templates.TemplateError as exc:
             self.problems.append(f"{spec.id}: {exc}")
             self.out(f"with: cannot render: {exc}", indent + 2)

@@ -25,7 +25,7 @@ import structlog
 from pydantic import ValidationError
 
 from migration.checkpoints import evaluate_checkpoint
-from migration.context import TemplateContext
+from migration.context import TemplateContext, render_with
 from migration.errors import Interrupted, MigrationError, StepError
 from migration.interrupts import Interrupts, StepTimeout
 from migration.leftovers import STEP_MARK, leftover_processes, stop_leftovers
@@ -341,10 +341,7 @@ class Runner:
         if step_type is None:  # checked at load; a handler's plugin may be gone since
             return self._step_failed(spec, st, f"rollback handler {entry.handler!r} is not registered")
         try:
-            quoted = step_type.quoted_fields(spec.with_)
-            rendered = {
-                k: templates.render_value(v, ctx_dict, quote=k in quoted) for k, v in spec.with_.items()
-            }
+            rendered = render_with(step_type, spec.with_, ctx_dict)
         except templates.TemplateError as exc:
             return self._step_failed(spec, st, str(exc))
         self.redact.learn(rendered)
