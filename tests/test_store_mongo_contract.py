@@ -195,7 +195,9 @@ def test_events_are_kept_in_order_with_their_fields(backend: Backend, held: Call
     events = store.open_events(state["run_id"])
     events.emit("run", run_id=state["run_id"], transition="start", source="pending", dest="running")
     events.emit("step", run_id=state["run_id"], step="s0", dest="succeeded", duration_s=0.25)
-    events.emit("step", run_id=state["run_id"], step="s1", dest="failed", error="see mongodb://u:hunter22@h/db")
+    events.emit(
+        "step", run_id=state["run_id"], step="s1", dest="failed", error="see mongodb://u:hunter22@h/db"
+    )
     store.release()
     seen = backend.events(store, state["run_id"])
     assert [e["event"] for e in seen] == ["run", "step", "step"]
@@ -245,7 +247,7 @@ def test_a_damaged_run_is_a_one_line_error_and_can_be_set_aside(
     store.save(state)
     store.set_current(state["run_id"])
     backend.damage(store, state["run_id"], '{"run_id": "20260101T000000Z-dddddd", "status": ')
-    with pytest.raises(StateError, match="not valid JSON.*migration abandon damaged"):
+    with pytest.raises(StateError, match=r"not valid JSON.*migration abandon damaged"):
         store.load_current()
     backend.damage(store, state["run_id"], json.dumps({**state, "phases": {"not": "a list"}}))
     with pytest.raises(StateError, match=r"not a migration state \(phases is an object, not a list\)"):

@@ -190,7 +190,7 @@ def test_a_write_without_the_lease_is_refused(mongo_url: str) -> None:
 
 def test_a_bad_lease_length_is_a_usage_error(mongo_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MIGRATION_LEASE_SECONDS", "soon")
-    with pytest.raises(Exception, match="MIGRATION_LEASE_SECONDS.*number of seconds") as bad:
+    with pytest.raises(Exception, match=r"MIGRATION_LEASE_SECONDS.*number of seconds") as bad:
         MongoStateStore(mongo_url, "plan")
     assert getattr(bad.value, "exit_code", None) == 2
 
@@ -223,7 +223,7 @@ def test_a_holder_that_lost_its_lease_is_fenced_off_at_its_next_write(mongo_url:
         lambda: a.save_step(state_a, state_a["phases"][0]["steps"][1]),
         lambda: a.set_current("20260101T000000Z-other"),
     ):
-        with pytest.raises(LeaseLost, match="host host-b .*took it over") as lost:
+        with pytest.raises(LeaseLost, match=r"host host-b .*took it over") as lost:
             write()
         assert lost.value.exit_code == 5
     assert stored(db, run_id) == after_b  # A wrote nothing
