@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,9 @@ class MongoStateStore:
 
     ``target`` (the database the plan migrates, credentials are dropped) is
     recorded in each run for ``migration history``; when given, the lease and the
-    ``current`` pointer are per plan *and* target.
+    ``current`` pointer are per plan *and* target. ``on_lease_lost`` is called from
+    the renewal thread when a renewal finds the lease taken over (to stop the run
+    at once rather than at its next write).
     """
 
     JOURNAL_THRESHOLD = 64 * 1024
@@ -78,7 +81,7 @@ class MongoStateStore:
         prefix: str = DEFAULT_PREFIX,
         lease_seconds: float | None = None,
         local_dir: Path | None = None,
-        on_lease_lost: Any = None,
+        on_lease_lost: Callable[[LeaseLost], None] | None = None,
     ) -> None:
         self.plan_name = plan_name
         self.redact = redact or Redactor()
