@@ -4,8 +4,9 @@ Every state change is one write with ``w: majority, j: true``. A server that
 refuses that write concern (a standalone without journaling, a proxy that knows
 only ``w: 1``) is detected by a probe write in :meth:`Connection.probe` and the
 strongest concern it accepts is used instead, with a warning naming it. FerretDB
-1.24 accepts ``w: majority, j: true`` (each write is a committed PostgreSQL
-transaction before it answers).
+1.24 accepts every write concern without checking it (even ``w: 5`` on one
+server); its writes are durable because each is a committed PostgreSQL (or
+SQLite) transaction before it answers.
 """
 
 from __future__ import annotations
