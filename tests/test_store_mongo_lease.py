@@ -13,6 +13,7 @@ import multiprocessing
 import os
 import signal
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -111,10 +112,36 @@ def race(url: str, plans: list[str], seconds: float) -> dict[str, list[tuple[Any
     return outcomes
 
 
-def test_five_processes_on_three_hosts_racing_for_a_free_lease_give_one_winner(mongo_url: str) -> None:
-    plans = [f"race-{i}" for i in range(ROUNDS)]
-    outcomes = race(mongo_url, plans, seconds=30)
-    for plan in plans:
+FREE = [f"race-{i}" for i in range(ROUNDS)]
+EXPIRED = [f"takeover-{i}" for i in range(ROUNDS)]
+
+
+@pytest.fixture(scope="module")
+def raced(mongo_server: Any) -> Iterator[tuple[Any, dict[str, list[tuple[Any, ...]]]]]:
+    """One pool of five racing processes (spawning them is the slow part) runs both races:
+    ten rounds for a free lease, then ten takeovers of an expired one."""
+    name = "t_race_" + uuid.uuid4().hex[:8]
+    url = mongo_server.database_url(name)
+    dead = [open_store(url, plan, "host-dead", seconds=0.5) for plan in EXPIRED]
+    for store in dead:
+        store.acquire()
+        store.lock.stop_renewing()  # it stops answering, as a killed process would
+    time.sleep(0.7)
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(url)
+    try:
+        yield client.get_default_database(), race(url, FREE + EXPIRED, seconds=30)
+    finally:
+        for store in dead:
+            store.conn.close()
+        client.drop_database(name)
+        client.close()
+
+
+def test_five_processes_on_three_hosts_racing_for_a_free_lease_give_one_winner(
+    raced: tuple[Any, dict[str, list[tuple[Any, ...]]]],
+) -> None:
+    db, outcomes = raced
+    for plan in FREE:
         winners = [o for o in outcomes[plan] if o[3] == "won"]
         assert len(winners) == 1, (plan, outcomes[plan])
         _, host, pid, _, previous = winners[0]
@@ -124,17 +151,14 @@ def test_five_processes_on_three_hosts_racing_for_a_free_lease_give_one_winner(m
             message = refused[4]
             assert f"host {host} (pid {pid}," in message or "at the same moment" in message, message
             assert "since " in message or "at the same moment" in message
+        assert [doc["epoch"] for doc in db["migration_leases"].find({"scope": plan})] == [1]
 
 
-def test_five_processes_taking_over_one_expired_lease_give_one_winner(mongo_url: str, db: Any) -> None:
-    plans = [f"takeover-{i}" for i in range(ROUNDS)]
-    dead = [open_store(mongo_url, plan, "host-dead", seconds=0.5) for plan in plans]
-    for store in dead:
-        store.acquire()
-        store.lock.stop_renewing()  # it stops answering, as a killed process would
-    time.sleep(0.7)
-    outcomes = race(mongo_url, plans, seconds=30)
-    for plan in plans:
+def test_five_processes_taking_over_one_expired_lease_give_one_winner(
+    raced: tuple[Any, dict[str, list[tuple[Any, ...]]]],
+) -> None:
+    db, outcomes = raced
+    for plan in EXPIRED:
         winners = [o for o in outcomes[plan] if o[3] == "won"]
         assert len(winners) == 1, (plan, outcomes[plan])
         previous = winners[0][4]
@@ -142,8 +166,6 @@ def test_five_processes_taking_over_one_expired_lease_give_one_winner(mongo_url:
         assert previous["expired_at"]
         epochs = sorted(doc["epoch"] for doc in db["migration_leases"].find({"scope": plan}))
         assert epochs == [1, 2], epochs  # the losers inserted nothing
-    for store in dead:
-        store.conn.close()
 
 
 # -- expiry, renewal, release ------------------------------------------------------------------

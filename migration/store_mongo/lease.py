@@ -110,6 +110,7 @@ class Lease:
     # -- taking it ----------------------------------------------------------------------
     def acquire(self) -> None:
         """Take the next epoch, or raise LockedError naming the live holder."""
+        self.previous_owner, self.lost, self.run_id = None, None, None
         now = self.conn.server_now()
         latest = self._latest()
         previous: dict[str, Any] | None = None
