@@ -356,3 +356,48 @@ def test_a_sigstopped_holder_resumed_after_a_takeover_writes_nothing(mongo_url: 
         if holder.is_alive() and holder.pid:
             os.kill(holder.pid, signal.SIGCONT)
         holder.join(timeout=30)
+
+
+def busy_holder(url: str, plan: str, run_id: str, events: Any) -> None:
+    """A holder journaling step after step until it is killed."""
+    os.environ["MIGRATION_HOSTNAME"] = "host-a"
+    store = MongoStateStore(url, plan, lease_seconds=1)
+    store.acquire()
+    state = make_state(run_id, plan, steps=2000, padding=40)  # big: steps are journaled
+    store.save(state)
+    store.set_current(run_id)
+    for i, step in enumerate(state["phases"][0]["steps"]):
+        step["status"] = "succeeded"
+        step["attempts"] = 1
+        store.save_step(state, step, durable=i % 2 == 1)
+        if i == 50:
+            events.put(("busy", os.getpid()))
+
+
+def test_a_sigkilled_holder_is_taken_over_after_expiry_with_a_state_that_loads(mongo_url: str) -> None:
+    run_id = "20260101T000000Z-killed"
+    ctx = multiprocessing.get_context("spawn")
+    events = ctx.Queue()
+    holder = ctx.Process(target=busy_holder, args=(mongo_url, "killed", run_id, events))
+    holder.start()
+    kind, pid = events.get(timeout=60)
+    assert kind == "busy"
+    time.sleep(0.3)  # mid-stream: a write may be in flight
+    os.kill(pid, signal.SIGKILL)
+    holder.join(timeout=30)
+    b = open_store(mongo_url, "killed", "host-b", seconds=5)
+    with pytest.raises(LockedError, match=f"host host-a \\(pid {pid}, run {run_id}"):
+        b.acquire()  # not yet expired: the dead holder is still named
+    time.sleep(1.1)
+    assert b.lock.is_held() is False
+    b.acquire()
+    assert b.lock.previous_owner is not None and b.lock.previous_owner["pid"] == pid
+    state = b.load_current()
+    assert state is not None
+    statuses = [s["status"] for s in state["phases"][0]["steps"]]
+    done = statuses.count("succeeded")
+    assert done > 50 and statuses == ["succeeded"] * done + ["pending"] * (len(statuses) - done)
+    state["status"] = "succeeded"
+    b.save(state)  # the new holder writes on from there
+    assert b.load_current() == state
+    b.close()
