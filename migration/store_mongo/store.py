@@ -211,7 +211,7 @@ class MongoStateStore:
                     f"journal entry {entry.get('_id')} of run {self.run_path(state['run_id'])} is not a step "
                     f"change; it was edited or damaged. Repair it, or {self._abandon_hint}"
                 )
-            target = by_id.get(step["id"])
+            target: Any = by_id.get(step["id"])
             if target is not None:
                 target.clear()
                 target.update(step)
