@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from migration.secrets import Redactor
+from migration.state import RunDoc, StepDoc
 
-# The run document and one step of it, as the stores read and write them. When the
-# typed documents of ``migration.state`` land (RunDoc, StepDoc), point these at them.
-RunDocument = dict[str, Any]
-StepDocument = dict[str, Any]
+# The run document and one step of it, as the stores read and write them.
+RunDocument = RunDoc
+StepDocument = StepDoc
 
 
 class EventSink(Protocol):
