@@ -313,6 +313,7 @@ class ProcessStop(Step["ProcessStop.Params"]):
     """
 
     name = "process.stop"
+    undo_verb = "stop"
 
     class Params(StepParams):
         id: str = Field(description="id of the process.start step")

@@ -104,6 +104,7 @@ class Shell(Step["Shell.Params"]):
     """
 
     name = "shell"
+    undo_verb = "run"
 
     class Params(CommandParams):
         timeout: float | None = Field(
