@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """A real local MongoDB-compatible server: FerretDB 1.24.2, built and started by us.
 
-Used by the test suite (``tests/conftest.py``), by the README's demo command and by
-the benchmarks. No Docker needed.
+The command line of :mod:`migration.testserver` (where the server code lives, so
+that ``migration rehearse`` can start the same server). Used by the test suite
+(``tests/conftest.py``), by the README's demo command and by the benchmarks.
 
     python scripts/testdb.py install            # build FerretDB into the cache (once)
     python scripts/testdb.py start [--port N]   # start it detached, print its URL
@@ -10,364 +11,104 @@ the benchmarks. No Docker needed.
     python scripts/testdb.py url                # print the URL of the running server
 
 Backends: ``postgresql`` (default; Debian's PostgreSQL, started privately under
-the server folder) or ``sqlite``. PostgreSQL is the default because it pushes
-``{_id: X, field: scalar}`` filters down to an index lookup, which keeps guarded
-per-document updates linear; SQLite pushes down only ``{_id: X}`` exactly, so each
-guarded update scans the whole collection (measured in README "Testing").
-
-Why not ``go install ...@v1.24.2`` alone: the module as published lacks
-``build/version/version.txt``, and the binary ``go install`` produces panics at
-start. We fetch the same module through the Go proxy, add that file, and
-``go build`` it.
+the server folder) or ``sqlite``; see :mod:`migration.testserver` for why.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import pwd
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from functools import wraps
 from pathlib import Path
+from typing import Any, TypeVar
 
-FERRETDB_MODULE = "github.com/FerretDB/FerretDB"
-FERRETDB_VERSION = "v1.24.2"
 PROJECT = Path(__file__).resolve().parent.parent
 DEFAULT_SERVER_DIR = PROJECT / ".cache" / "testdb"
 
+try:
+    from migration import testserver
+except ImportError:  # run by a Python without the package installed: use the checkout
+    sys.path.insert(0, str(PROJECT))
+    from migration import testserver
 
-def cache_dir() -> Path:
-    base = os.environ.get("MIGRATION_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "migration"
-    )
-    return Path(base)
+# Re-exported: tests/conftest.py, tests/reliability and bench/ use these names.
+FERRETDB_MODULE = testserver.FERRETDB_MODULE
+FERRETDB_VERSION = testserver.FERRETDB_VERSION
+ID_LOOKUP_INDEX_SQL = testserver.ID_LOOKUP_INDEX_SQL
+Server = testserver.Server
+cache_dir = testserver.cache_dir
+ferretdb_binary = testserver.ferretdb_binary
+free_port = testserver.free_port
 
-
-def ferretdb_binary() -> Path:
-    return cache_dir() / f"ferretdb-{FERRETDB_VERSION}" / "ferretdb"
-
-
-def log(msg: str) -> None:
-    print(f"testdb: {msg}", file=sys.stderr, flush=True)
-
-
-def install() -> Path:
-    """Build FerretDB into the cache folder unless it is already there."""
-    binary = ferretdb_binary()
-    if binary.exists():
-        return binary
-    go = shutil.which("go")
-    if go is None:
-        raise SystemExit("testdb: Go is needed to build FerretDB (https://go.dev/dl/); not on PATH")
-    log(f"building FerretDB {FERRETDB_VERSION} (once; cached in {binary.parent})")
-    out = subprocess.run(
-        [go, "mod", "download", "-json", f"{FERRETDB_MODULE}@{FERRETDB_VERSION}"],
-        check=True,
-        capture_output=True,
-        text=True,
-        cwd=tempfile.gettempdir(),
-    )
-    module_dir = Path(json.loads(out.stdout)["Dir"])
-    with tempfile.TemporaryDirectory(prefix="ferretdb-src-") as tmp:
-        src = Path(tmp) / "src"
-        shutil.copytree(module_dir, src)
-        for path in src.rglob("*"):
-            path.chmod(path.stat().st_mode | 0o200)
-        src.chmod(src.stat().st_mode | 0o200)
-        (src / "build" / "version" / "version.txt").write_text(FERRETDB_VERSION + "\n")
-        binary.parent.mkdir(parents=True, exist_ok=True)
-        partial = binary.with_suffix(".partial")
-        subprocess.run([go, "build", "-o", str(partial), "./cmd/ferretdb"], check=True, cwd=src)
-        partial.replace(binary)
-    return binary
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _exits(fn: F) -> F:
+    """As before the move: a server that cannot start ends the script (SystemExit)."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except testserver.TestServerError as exc:
+            raise SystemExit(f"testdb: {exc}") from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+install = _exits(testserver.install)
+start = _exits(testserver.start)
+_pg_bin = _exits(testserver.pg_bin)
 
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"testdb: {what} exited with code {proc.returncode} during start")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"testdb: {what} did not listen on port {port} within {seconds:g}s")
+    _exits(testserver.wait_port)(port, proc, seconds, what)
 
 
-def _pg_bin(name: str) -> str:
-    found = shutil.which(name)
-    if found:
-        return found
-    for root in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
-        if (root / name).exists():
-            return str(root / name)
-    raise SystemExit(
-        f"testdb: PostgreSQL's {name} not found; install Debian's postgresql package "
-        "(apt-get install -y postgresql) or use --backend sqlite"
-    )
-
-
-def _as_pg_user(argv: list[str]) -> list[str]:
-    # PostgreSQL refuses to run as root; CI runs as root.
-    if os.geteuid() == 0:
-        return ["runuser", "-u", "postgres", "--", *argv]
-    return argv
-
-
-@dataclass
-class Server:
-    url: str
-    port: int
-    directory: Path
-    backend: str
-    ferretdb: subprocess.Popen[bytes] | None = None
-    postgres_data: Path | None = None
-
-    def stop(self) -> None:
-        if self.ferretdb is not None and self.ferretdb.poll() is None:
-            self.ferretdb.terminate()
-            try:
-                self.ferretdb.wait(10)
-            except subprocess.TimeoutExpired:
-                self.ferretdb.kill()
-                self.ferretdb.wait()
-        if self.postgres_data is not None:
-            subprocess.run(
-                _as_pg_user([_pg_bin("pg_ctl"), "-D", str(self.postgres_data), "-m", "fast", "stop"]),
-                capture_output=True,
-            )
-
-
-# FerretDB 1.24 pushes {_id: X} down as `_jsonb->'_id' @> X`, which its own btree
-# index on `_jsonb->'_id'` cannot answer: every lookup by _id (each guarded update
-# of mongo.transform) is then a sequential scan, and a transform is quadratic in
-# the collection size. A GIN index on the same expression answers `@>`; this
-# event trigger adds one to every collection FerretDB creates. It makes the test
-# server find documents by _id through an index, as MongoDB does.
-ID_LOOKUP_INDEX_SQL = """
-CREATE OR REPLACE FUNCTION ferretdb_id_gin() RETURNS event_trigger LANGUAGE plpgsql AS $$
-DECLARE
-  cmd record;
-  idx record;
-BEGIN
-  FOR cmd IN SELECT * FROM pg_event_trigger_ddl_commands() WHERE command_tag = 'CREATE INDEX' LOOP
-    SELECT c.relname, i.indrelid::regclass AS tbl INTO idx
-      FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-     WHERE i.indexrelid = cmd.objid AND i.indisunique
-       AND pg_get_indexdef(i.indexrelid) LIKE '%((_jsonb -> ''_id''::text))%';
-    IF FOUND THEN
-      EXECUTE format(
-        'CREATE INDEX %I ON %s USING gin ((_jsonb -> ''_id'') jsonb_path_ops) WITH (fastupdate = off)',
-        left(idx.relname, 59) || '_gin', idx.tbl);
-    END IF;
-  END LOOP;
-END $$;
-DROP EVENT TRIGGER IF EXISTS ferretdb_id_gin;
-CREATE EVENT TRIGGER ferretdb_id_gin ON ddl_command_end WHEN TAG IN ('CREATE INDEX')
-  EXECUTE FUNCTION ferretdb_id_gin();
-"""
-
-
-def _start_postgres(directory: Path) -> tuple[Path, str]:
-    """A private PostgreSQL cluster listening only on a Unix socket in ``directory``."""
-    data = directory / "pgdata"
-    sock = directory / "pgsock"
-    sock.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() == 0:
-        pg = pwd.getpwnam("postgres")
-        for p in (directory, sock):
-            os.chown(p, pg.pw_uid, pg.pw_gid)
-    if not (data / "PG_VERSION").exists():
-        if data.exists():
-            shutil.rmtree(data)
-        data.mkdir(parents=True)
-        if os.geteuid() == 0:
-            pg = pwd.getpwnam("postgres")
-            os.chown(data, pg.pw_uid, pg.pw_gid)
-        subprocess.run(
-            _as_pg_user([_pg_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8"]),
-            check=True,
-            capture_output=True,
-        )
-    options = (
-        f"-k {sock} -c listen_addresses='' -c fsync=off -c synchronous_commit=off "
-        "-c full_page_writes=off -c shared_buffers=256MB"
-    )
-    subprocess.run(
-        _as_pg_user(
-            [
-                _pg_bin("pg_ctl"),
-                "-D",
-                str(data),
-                "-o",
-                options,
-                "-l",
-                str(directory / "postgres.log"),
-                "-w",
-                "start",
-            ]
-        ),
-        check=True,
-        capture_output=True,
-    )
-    created = subprocess.run(
-        _as_pg_user([_pg_bin("createdb"), "-h", str(sock), "-U", "postgres", "ferretdb"]),
-        capture_output=True,
-        text=True,
-    )
-    if created.returncode != 0 and "already exists" not in created.stderr:
-        raise SystemExit(f"testdb: createdb failed: {created.stderr.strip()}")
-    indexed = subprocess.run(
-        _as_pg_user(
-            [_pg_bin("psql"), "-h", str(sock), "-U", "postgres", "-d", "ferretdb", "-v", "ON_ERROR_STOP=1",
-             "-q", "-c", ID_LOOKUP_INDEX_SQL]
-        ),
-        capture_output=True,
-        text=True,
-    )  # fmt: skip
-    if indexed.returncode != 0:
-        raise SystemExit(f"testdb: installing the _id lookup index trigger failed: {indexed.stderr.strip()}")
-    return data, f"postgres://postgres@/ferretdb?host={sock}"
-
-
-def start(
-    directory: Path | None = None,
-    port: int | None = None,
-    backend: str | None = None,
-    detach: bool = False,
-) -> Server:
-    """Start FerretDB (and its PostgreSQL) on a free loopback port."""
-    backend = backend or os.environ.get("MIGRATION_TESTDB_BACKEND") or "postgresql"
-    directory = Path(directory or tempfile.mkdtemp(prefix="migration-testdb-"))
-    directory.mkdir(parents=True, exist_ok=True)
-    binary = install()
-    port = port or free_port()
-    args = [
-        str(binary),
-        f"--listen-addr=127.0.0.1:{port}",
-        "--telemetry=disable",
-        f"--state-dir={directory}",
-        "--debug-addr=-",
-        "--log-level=warn",
-    ]
-    pg_data: Path | None = None
-    if backend == "sqlite":
-        (directory / "sqlite").mkdir(exist_ok=True)
-        args += ["--handler=sqlite", f"--sqlite-url=file:{directory / 'sqlite'}/"]
-    elif backend == "postgresql":
-        pg_data, pg_url = _start_postgres(directory)
-        args += ["--handler=postgresql", f"--postgresql-url={pg_url}"]
-    else:
-        raise SystemExit(f"testdb: unknown backend {backend!r} (postgresql or sqlite)")
-    logfile = open(directory / "ferretdb.log", "ab")  # noqa: SIM115 - owned by the child
-    proc = subprocess.Popen(
-        args,
-        stdout=logfile,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=detach,
-    )
-    server = Server(
-        url=f"mongodb://127.0.0.1:{port}/",
-        port=port,
-        directory=directory,
-        backend=backend,
-        ferretdb=proc,
-        postgres_data=pg_data,
-    )
-    try:
-        _wait_port(port, proc, 60, "FerretDB")
-    except BaseException:
-        server.stop()
-        raise
-    return server
-
-
-def _state_file(directory: Path) -> Path:
-    return directory / "server.json"
+def log(msg: str) -> None:
+    testserver.say(msg)
 
 
 def cmd_start(args: argparse.Namespace) -> int:
     directory = Path(args.dir).resolve()
-    state = _state_file(directory)
-    if state.exists():
-        info = json.loads(state.read_text())
-        try:
-            os.kill(info["pid"], 0)
-            print(info["url"])
-            log(f"already running (pid {info['pid']})")
-            return 0
-        except ProcessLookupError:
-            pass
+    record = testserver.read_record(directory)
+    if record is not None and testserver.running(record):
+        print(record["url"])
+        log(f"already running (pid {record['pid']})")
+        return 0
     server = start(directory, args.port, args.backend, detach=True)
-    assert server.ferretdb is not None
-    state.write_text(
-        json.dumps(
-            {
-                "pid": server.ferretdb.pid,
-                "url": server.url,
-                "backend": server.backend,
-                "postgres_data": str(server.postgres_data) if server.postgres_data else None,
-            }
-        )
-    )
+    server.record()
     log(f"FerretDB {FERRETDB_VERSION} ({server.backend}) listening at {server.url}")
     print(server.url)
     return 0
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    directory = Path(args.dir).resolve()
-    state = _state_file(directory)
-    if not state.exists():
+    if not testserver.stop_recorded(Path(args.dir).resolve()):
         log("not running")
         return 0
-    info = json.loads(state.read_text())
-    try:
-        os.kill(info["pid"], signal.SIGTERM)
-        for _ in range(100):
-            os.kill(info["pid"], 0)
-            time.sleep(0.1)
-    except ProcessLookupError:
-        pass
-    if info.get("postgres_data"):
-        subprocess.run(
-            _as_pg_user([_pg_bin("pg_ctl"), "-D", info["postgres_data"], "-m", "fast", "stop"]),
-            capture_output=True,
-        )
-    state.unlink()
     log("stopped")
     return 0
 
 
 def cmd_url(args: argparse.Namespace) -> int:
-    state = _state_file(Path(args.dir).resolve())
-    if not state.exists():
+    record = testserver.read_record(Path(args.dir).resolve())
+    if record is None:
         log("not running; start it with: python scripts/testdb.py start")
         return 1
-    print(json.loads(state.read_text())["url"])
+    print(record["url"])
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
+        description=(__doc__ or "").split("\n\n")[0],
         epilog="Example, a server for your own data: python scripts/testdb.py start, then "
-        "mongorestore or `migration run` against the URL it prints; python scripts/testdb.py stop.",
+        "mongorestore or `migration run` against the URL it prints; python scripts/testdb.py stop. "
+        "To try a plan on a copy of a backup, `migration rehearse PLAN --backup PATH` starts "
+        "one of these servers by itself.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser(
@@ -401,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             p.add_argument(
                 "--backend",
-                choices=["postgresql", "sqlite"],
+                choices=list(testserver.BACKENDS),
                 default=None,
                 help="FerretDB backend (default: $MIGRATION_TESTDB_BACKEND or postgresql)",
             )
