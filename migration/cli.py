@@ -243,6 +243,63 @@ def rollback(
 
 @main.command()
 @click.argument("plan")
+@click.option(
+    "--backup",
+    required=True,
+    help="Backup to rehearse on: a mongo.backup folder (with its manifest) or a mongodump folder.",
+)
+@plan_inputs
+@click.option(
+    "--database", default=None, help="Database the copy is restored into (default: the one the plan names)."
+)
+@click.option(
+    "--estimate",
+    "estimates",
+    multiple=True,
+    metavar="STEP=SECONDS",
+    help="How long a skipped step takes, for the projected downtime (repeatable).",
+)
+@click.option("--keep-server", is_flag=True, help="Leave the copy running afterwards, to inspect it.")
+@click.option(
+    "--backend",
+    type=click.Choice(["postgresql", "sqlite"]),
+    default=None,
+    help="Rehearsal server backend (default: $MIGRATION_TESTDB_BACKEND or postgresql).",
+)
+@log_format_option
+@handle_errors
+def rehearse(
+    plan: str,
+    backup: str,
+    var_pairs: tuple[str, ...],
+    env_file: str | None,
+    database: str | None,
+    estimates: tuple[str, ...],
+    keep_server: bool,
+    backend: str | None,
+    log_format: str,
+) -> None:
+    """Rehearse PLAN on a throwaway local copy of a backup; the plan's database is never touched."""
+    fmt = configure_logging(log_format)
+    request = commands.RehearseRequest(
+        plan_path=plan,
+        backup=backup,
+        var_pairs=var_pairs,
+        env_file=env_file,
+        database=database,
+        backend=backend,
+        keep_server=keep_server,
+        estimates=estimates,
+        show_progress_bars=fmt == "console",
+    )
+    result = commands.rehearse(request)
+    click.echo(result.text, nl=False)
+    if result.failure is not None:
+        raise result.failure
+
+
+@main.command()
+@click.argument("plan")
 @state_dir_option
 @handle_errors
 def abandon(plan: str, state_dir: Path | None) -> None:

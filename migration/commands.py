@@ -29,6 +29,7 @@ from migration.machine import run_lifecycle
 from migration.outcomes import outcome
 from migration.plan.model import Plan
 from migration.preview import Previewer
+from migration.rehearse import RehearseRequest, rehearse
 from migration.run_document import failure_message, new_state, reconcile
 from migration.runner import Runner, RunOptions, interactive_stdin
 from migration.state import FINISHED, RunDoc, StateStore, Status, new_run_id, now_iso
@@ -334,12 +335,14 @@ def schema() -> str:
 
 __all__ = [
     "MigrationError",
+    "RehearseRequest",
     "RunRequest",
     "abandon",
     "dry_run",
     "format_status",
     "list_steps",
     "make_report",
+    "rehearse",
     "rollback",
     "run",
     "schema",

@@ -19,7 +19,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from pydantic import ValidationError
@@ -41,6 +41,9 @@ from migration.steps.base import Step, StepContext
 from migration.steps.registry import get_step_type
 from migration.steps.rollback_handler import handler_step_type
 
+if TYPE_CHECKING:
+    from migration.rehearse import Rehearsal
+
 log = structlog.get_logger("migration")
 S = Status
 
@@ -58,6 +61,9 @@ class RunOptions:
     assume_yes: bool = False
     interactive: bool = False
     show_progress_bars: bool = False
+    # `migration rehearse`: a run on a throwaway copy. It says which steps to skip
+    # (outside effects) and points the others at the copy; None for a real run.
+    rehearsal: Rehearsal | None = None
 
 
 class Runner:
@@ -274,6 +280,8 @@ class Runner:
         self._fire_run("rollback_done")
 
     def _checkpoint(self, phase: Phase, phase_state: PhaseDoc) -> _PhaseFailed | None:
+        if self.options.rehearsal is not None:  # conditions on skipped steps cannot be judged
+            phase = self.options.rehearsal.checkpoint_of(phase)
         checkpoint, failed = evaluate_checkpoint(phase, self.context.as_dict(), self.redact)
         phase_state["checkpoint"] = checkpoint
         if not phase.checkpoint:
@@ -324,6 +332,15 @@ class Runner:
         st, phase_id = entry.doc, entry.phase
         spec = entry.spec
         assert spec is not None
+        if self.options.rehearsal is not None:
+            skip_reason = self.options.rehearsal.skip_reason(spec, entry.handler)
+            if skip_reason is not None:
+                self._move_step(st, "skip")
+                st["reason"] = skip_reason
+                self.persist(st, durable=False)
+                self.event("step", step=spec.id, dest=S.SKIPPED, reason=skip_reason)
+                log.info("step skipped", step=spec.id, reason=skip_reason)
+                return True
         ctx_dict = self.context.as_dict()
         if spec.when is not None:
             try:
@@ -344,6 +361,8 @@ class Runner:
             rendered = render_with(step_type, spec.with_, ctx_dict)
         except templates.TemplateError as exc:
             return self._step_failed(spec, st, str(exc))
+        if self.options.rehearsal is not None:
+            rendered = self.options.rehearsal.point(spec.id, step_type, rendered)
         self.redact.learn(rendered)
         try:
             params = step_type.Params.model_validate(rendered)

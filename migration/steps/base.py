@@ -234,6 +234,14 @@ class Step(Generic[P]):
     # What a rollback step of this type, skipped for want of its inputs, had nothing
     # to do: "nothing to restore: step backup did not complete".
     undo_verb: ClassVar[str] = "do"
+    # Whether running the step reaches beyond the database and the folders it is
+    # given (runs commands, starts or stops services, calls URLs, asks people):
+    # `migration rehearse` skips such steps on its copy. A step type that does not
+    # say (a plugin) is taken to, until it declares ``outside_effects = False``.
+    outside_effects: ClassVar[bool] = True
+    # ``with:`` fields naming folders the step writes files into (backups, logs,
+    # reports); a rehearsal points them at its scratch folder, never the real ones.
+    writes_folders: ClassVar[tuple[str, ...]] = ()
 
     def run(self, ctx: StepContext[P]) -> dict[str, Any]:
         raise NotImplementedError

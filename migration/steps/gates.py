@@ -55,6 +55,7 @@ class Confirm(Step["Confirm.Params"]):
     """
 
     name = "confirm"
+    outside_effects = True
 
     class Params(StepParams):
         message: str = Field(description="what the operator is asked")

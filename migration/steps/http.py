@@ -205,6 +205,7 @@ class HttpCheck(Step["HttpCheck.Params"]):
     """
 
     name = "http.check"
+    outside_effects = True
 
     class Params(StepParams):
         url: UrlParam = Field(description="http(s) URL to request")

@@ -46,6 +46,7 @@ class Notify(Step["Notify.Params"]):
     """
 
     name = "notify"
+    outside_effects = True
 
     class Params(StepParams):
         text: str = Field(description="the message")

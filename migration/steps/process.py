@@ -102,6 +102,7 @@ class ProcessStart(Step["ProcessStart.Params"]):
     """
 
     name = "process.start"
+    outside_effects = True
 
     class Params(CommandParams):
         log: str | None = Field(default=None, description="log file (default .migration/logs/<step id>.log)")
@@ -313,6 +314,7 @@ class ProcessStop(Step["ProcessStop.Params"]):
     """
 
     name = "process.stop"
+    outside_effects = True
     undo_verb = "stop"
 
     class Params(StepParams):

@@ -40,6 +40,7 @@ class Python(Step["Python.Params"]):
     """
 
     name = "python"
+    outside_effects = False
 
     class Params(StepParams):
         function: str = Field(description="'module:function' to call")

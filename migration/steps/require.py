@@ -65,6 +65,7 @@ class Require(Step["Require.Params"]):
     """
 
     name = "require"
+    outside_effects = False
 
     class Params(StepParams):
         commands: list[str] = Field(default_factory=list, description="executables on PATH")

@@ -104,6 +104,7 @@ class Shell(Step["Shell.Params"]):
     """
 
     name = "shell"
+    outside_effects = True
     undo_verb = "run"
 
     class Params(CommandParams):

@@ -23,6 +23,7 @@ class Sleep(Step["Sleep.Params"]):
     """
 
     name = "sleep"
+    outside_effects = False
 
     class Params(StepParams):
         seconds: float = Field(ge=0, description="how long to wait")

@@ -259,6 +259,8 @@ class MongoBackup(Step["MongoBackup.Params"]):
     """
 
     name = "mongo.backup"
+    outside_effects = False
+    writes_folders = ("out",)
 
     class Params(StepParams):
         uri: str = Field(description="connection string naming the database")

@@ -48,6 +48,7 @@ class MongoPreflight(Step["MongoPreflight.Params"]):
     """
 
     name = "mongo.preflight"
+    outside_effects = False
 
     class Params(StepParams):
         uri: str = Field(description="connection string naming the database")

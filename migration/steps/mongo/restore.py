@@ -267,6 +267,7 @@ class MongoRestore(Step["MongoRestore.Params"]):
     """
 
     name = "mongo.restore"
+    outside_effects = False
     undo_verb = "restore"
 
     class Params(StepParams):

@@ -97,6 +97,8 @@ class MongoTransform(Step["MongoTransform.Params"]):
     """
 
     name = "mongo.transform"
+    outside_effects = False
+    writes_folders = ("log_dir",)
 
     class Params(StepParams):
         uri: str = Field(description="connection string naming the database")

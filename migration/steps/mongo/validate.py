@@ -78,6 +78,8 @@ class MongoValidate(Step["MongoValidate.Params"]):
     """
 
     name = "mongo.validate"
+    outside_effects = False
+    writes_folders = ("report_dir",)
 
     class Params(StepParams):
         uri: str = Field(description="connection string naming the database")
