@@ -45,7 +45,7 @@ from migration.log import redactor
 from migration.plan import templates
 from migration.plan.model import Phase, Plan, StepSpec
 from migration.report import fmt_seconds
-from migration.run_document import failure_message, new_state
+from migration.run_document import checkpoint_status, failure_message, new_state
 from migration.runner import Runner, RunOptions
 from migration.state import RunDoc, StateStore, Status, new_run_id, now_iso
 from migration.steps.base import Step, StepContext
@@ -110,10 +110,7 @@ class Rehearsal:
         step_type = handler_step_type(handler) if handler else get_step_type(spec.uses)
         reason: str | None = None
         if step_type is None or step_type.outside_effects:
-            reason = (
-                f"not rehearsed: {spec.uses} has effects outside the database copy "
-                "(commands, services, web requests or people)"
-            )
+            reason = f"not rehearsed: {spec.uses} has effects outside the database copy"
         else:
             read = sorted(self._steps_read(spec.with_, spec.when) & set(self.skipped))
             if read:
@@ -127,7 +124,7 @@ class Rehearsal:
         the folders it writes into under the scratch folder."""
         pointed: dict[str, Any] = self.point_value(rendered)
         for name in step_type.writes_folders:
-            pointed[name] = str(self.scratch / step_id / name)
+            pointed[name] = str(self.scratch / step_id)
         return pointed
 
     def checkpoint_of(self, phase: Phase) -> Phase:
@@ -277,7 +274,9 @@ def rehearse(request: RehearseRequest) -> RehearsalResult:
     log.info("starting the rehearsal server", folder=str(workspace))
     started = time.monotonic()
     try:
-        server = testserver.start(workspace / "server", backend=request.backend, detach=request.keep_server)
+        # A folder of its own, not under the workspace: PostgreSQL runs as its own user
+        # when we are root, and must reach it.
+        server = testserver.start(None, backend=request.backend, detach=request.keep_server)
     except BaseException:
         shutil.rmtree(workspace, ignore_errors=True)
         raise
@@ -312,7 +311,8 @@ def rehearse(request: RehearseRequest) -> RehearsalResult:
         finally:
             store.release()
         final = runner.state
-        where = Where(backup, database, restored, workspace, server.url if request.keep_server else None)
+        kept = server if request.keep_server else None
+        where = Where(backup, database, restored, workspace, kept)
         text = summary(plan, final, rehearsal, estimates, timings, where)
         return RehearsalResult(text, _failure(final), final)
     finally:
@@ -321,6 +321,7 @@ def rehearse(request: RehearseRequest) -> RehearsalResult:
         else:
             server.stop()
             shutil.rmtree(workspace, ignore_errors=True)
+            shutil.rmtree(server.directory, ignore_errors=True)
 
 
 def _failure(state: RunDoc) -> MigrationError | None:
@@ -346,7 +347,7 @@ class Where:
     database: str
     restored: dict[str, Any]
     workspace: Path
-    kept_url: str | None
+    kept: testserver.Server | None
 
 
 def _seconds(start: str | None, end: str | None) -> float | None:
@@ -367,23 +368,26 @@ def summary(
 ) -> str:
     """The rehearsal as an operator reads it: phases and steps with durations, what was
     skipped and why, and the projected downtime."""
+    collections = len(where.restored.get("restored") or {})
     lines = [
         f"rehearsal of {plan.name} on a copy of {where.backup}",
         f"  copy: database {where.database}, {where.restored.get('total', 0)} documents in "
-        f"{len(where.restored.get('restored') or {})} collections, restored in "
+        f"{collections} collection{'' if collections == 1 else 's'}, restored in "
         f"{fmt_seconds(timings.get('restore'))} (server started in {fmt_seconds(timings.get('server'))})",
         "",
         f"{'phase / step':<34} {'status':<10} duration",
     ]
     for phase in state["phases"]:
         phase_s = _seconds(phase.get("started_at"), phase.get("finished_at"))
-        lines.append(f"{phase['id']:<34} {phase['status']:<10} {fmt_seconds(phase_s)}")
+        checkpoint = checkpoint_status(phase)
+        note = f"  checkpoint {checkpoint}" if checkpoint in (Status.PASSED, Status.FAILED) else ""
+        lines.append(f"{phase['id']:<34} {phase['status']:<10} {fmt_seconds(phase_s)}{note}")
         for st in phase["steps"]:
             seconds = st.get("duration_s") if st["status"] != Status.SKIPPED else None
             lines.append(f"  {st['id']:<32} {st['status']:<10} {fmt_seconds(seconds)}")
     rollback = state["rollback"]
     if rollback.get("steps"):
-        lines.append(f"{'rollback (on the copy)':<34} {rollback.get('status') or '-':<10}")
+        lines.append(f"{'rollback (on the copy)':<34} {rollback.get('status') or '-'}")
         for st in rollback["steps"]:
             seconds = st.get("duration_s") if st["status"] != Status.SKIPPED else None
             lines.append(f"  {st['id']:<32} {st['status']:<10} {fmt_seconds(seconds)}")
@@ -394,12 +398,12 @@ def summary(
         lines += ["", "checkpoint conditions not evaluated:"]
         lines += [f"  {phase}: {that} ({why})" for phase, that, why in rehearsal.unchecked]
     lines += ["", _downtime(plan, state, estimates)]
-    if where.kept_url:
+    if where.kept is not None:
         lines += [
             "",
-            f"kept: the copy at {where.kept_url}{where.database}, the rehearsal's state at "
-            f"{where.workspace / 'state'}; stop the server with: "
-            f"python scripts/testdb.py stop --dir {where.workspace / 'server'}",
+            f"kept: the copy at {where.kept.url}{where.database}",
+            f"  state and files of the rehearsal: {where.workspace}",
+            f"  stop the server with: python scripts/testdb.py stop --dir {where.kept.directory}",
         ]
     verdict = "ok" if state["status"] == Status.SUCCEEDED else f"FAILED ({state['status']})"
     lines.append(f"rehearsal: {verdict} (the plan ran in {fmt_seconds(timings.get('run'))})")
