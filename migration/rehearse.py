@@ -403,6 +403,7 @@ def summary(
             "",
             f"kept: the copy at {where.kept.url}{where.database}",
             f"  state and files of the rehearsal: {where.workspace}",
+            f"  its report: migration report {plan.name} --state-dir {where.workspace / 'state'}",
             f"  stop the server with: python scripts/testdb.py stop --dir {where.kept.directory}",
         ]
     verdict = "ok" if state["status"] == Status.SUCCEEDED else f"FAILED ({state['status']})"

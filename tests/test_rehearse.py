@@ -146,18 +146,27 @@ def test_rehearsal_transforms_the_copy_skips_outside_effects_and_leaves_the_orig
         assert "migrate: steps.smoke.outputs.status == 200 (reads step smoke, which was not rehearsed)" in out
         assert re.search(r"^  lower-status +succeeded +\d+\.\ds$", out, re.M), out
         # Per-phase durations and the projected downtime (measured + the estimate).
-        assert re.search(r"^backup +succeeded +\d+\.\ds$", out, re.M), out
-        assert re.search(r"^migrate +succeeded +\d+\.\ds$", out, re.M), out
+        assert re.search(r"^backup +succeeded +\d+\.\ds  checkpoint passed$", out, re.M), out
+        assert re.search(r"^migrate +succeeded +\d+\.\ds  checkpoint passed$", out, re.M), out
         assert re.search(r"projected downtime \(stop-app -> smoke\): \d+\.\ds = .* \+ 30\.0s smoke", out), out
         assert "plus the unknown time of skipped stop-app" in out
         assert out.rstrip().endswith(tuple(f"{n}s)" for n in "0123456789")) and "rehearsal: ok" in out
-        # Nothing written to the real state directory or next to the real backups.
+        # The rehearsal's own state went to its scratch folder (kept with --keep-server)...
+        scratch = re.search(r"state and files of the rehearsal: (\S+)", out)
+        assert (
+            scratch is not None
+            and (Path(scratch.group(1)) / "state" / "orders-lowercase" / "current").exists()
+        )
+        # ...and nothing was written to the real state directory or next to the real backups.
         assert not (work / "state").exists()
         assert not (work / "backups").exists()
     finally:
         if kept is not None:
             testserver.stop_recorded(Path(kept.group(1)))
             shutil.rmtree(kept.group(1), ignore_errors=True)
+        workspace = re.search(r"state and files of the rehearsal: (\S+)", done.stdout)
+        if workspace is not None:
+            shutil.rmtree(workspace.group(1), ignore_errors=True)
 
 
 @pytest.mark.mongo
