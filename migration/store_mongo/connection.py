@@ -12,9 +12,6 @@ SQLite) transaction before it answers.
 from __future__ import annotations
 
 import contextlib
-import getpass
-import os
-import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -40,18 +37,6 @@ FALLBACKS = (DURABLE, WriteConcern(w=1, j=True), WriteConcern(w=1))
 WRITE_CONCERN_REFUSED = frozenset({2, 9, 79, 100})
 DEFAULT_PREFIX = "migration_"
 COLLECTIONS = ("runs", "current", "journal", "events", "leases")
-
-
-def host_name() -> str:
-    """The host name a run records: ``MIGRATION_HOSTNAME`` when set, else the machine's."""
-    return os.environ.get("MIGRATION_HOSTNAME") or socket.gethostname()
-
-
-def operator_name() -> str:
-    try:
-        return os.environ.get("USER") or getpass.getuser()
-    except (OSError, KeyError):  # no user name in the environment or the password database
-        return "unknown"
 
 
 def describe_target(url: str) -> str:
