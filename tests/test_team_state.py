@@ -46,7 +46,7 @@ phases:
         with: {command: ["{{ env.PY }}", "{{ env.MARK }}", "{{ vars.db }}", second]}
       - id: gate
         uses: shell
-        with: {command: ["{{ env.PY }}", "-c", "import os, sys; sys.exit(int(os.environ.get('FAIL_GATE', '0')))"]}
+        with: {command: ["{{ env.PY }}", "-c", "import os; raise SystemExit(int(os.environ['FAIL']))"]}
 rollback:
   - id: undo
     uses: shell
@@ -99,17 +99,25 @@ class Team:
                 "PY": sys.executable,
                 "MARK": str(self.mark),
                 "PAUSE_S": "0",
+                "FAIL": "0",
                 **extra,
             }
         )
 
     def run(self, host: str, *args: str, timeout: float = 60, **extra: str) -> Any:
         return migration(
-            self.folder(host), *args, "--state-url", self.state_url, env=self.env(host, **extra), timeout=timeout
+            self.folder(host),
+            *args,
+            "--state-url",
+            self.state_url,
+            env=self.env(host, **extra),
+            timeout=timeout,
         )
 
     def start(self, host: str, *args: str, **extra: str) -> Any:
-        return start_migration(self.folder(host), *args, "--state-url", self.state_url, env=self.env(host, **extra))
+        return start_migration(
+            self.folder(host), *args, "--state-url", self.state_url, env=self.env(host, **extra)
+        )
 
 
 def _client(url: str) -> pymongo.MongoClient[dict[str, Any]]:
@@ -157,8 +165,14 @@ def history(team: Team, host: str) -> list[dict[str, Any]]:
     return rows
 
 
-def wait_until_marked(team: Team, step: str) -> None:
-    wait_for(lambda: step in marks(team.target_url), timeout=60, what=f"step {step} to run")
+def wait_until_running(team: Team, step: str) -> None:
+    """Until the state says ``step`` is running (every step before it is recorded as done)."""
+
+    def running() -> bool:
+        found = runs(team.state_url)
+        return bool(found) and step_statuses(json.loads(found[0]["state_json"])).get(step) == "running"
+
+    wait_for(running, timeout=60, what=f"step {step} to run")
 
 
 def test_an_uninterrupted_run_records_its_host_target_and_operator_in_the_history(team: Team) -> None:
@@ -216,10 +230,9 @@ def test_five_processes_on_three_hosts_at_a_barrier_give_one_run_and_name_its_ho
     assert [row["hosts"] for row in history(team, "gamma")] == [[winner]]
 
 
-def test_a_sigkilled_holder_is_taken_over_by_a_plain_run_on_another_host(team: Team, mongo_server: Any) -> None:
+def test_a_sigkilled_holder_is_taken_over_by_a_plain_run_on_another_host(team: Team) -> None:
     holder = team.start("alpha", "run", "plan.yaml", "--lease-seconds", "2", PAUSE_S="60")
-    wait_until_marked(team, "first")
-    time.sleep(0.5)
+    wait_until_running(team, "pause")
     holder.send_signal(signal.SIGKILL)
     finish(holder)
     time.sleep(2.5)  # the lease expires 2 s after its last renewal
@@ -237,8 +250,7 @@ def test_a_sigkilled_holder_is_taken_over_by_a_plain_run_on_another_host(team: T
 
 def test_a_sigstopped_holder_is_fenced_off_after_a_takeover_and_writes_nothing_more(team: Team) -> None:
     holder = team.start("alpha", "run", "plan.yaml", "--lease-seconds", "2", PAUSE_S="5")
-    wait_until_marked(team, "first")
-    time.sleep(0.3)
+    wait_until_running(team, "pause")
     holder.send_signal(signal.SIGSTOP)
     try:
         time.sleep(2.5)
@@ -266,7 +278,7 @@ def test_a_sigstopped_holder_is_fenced_off_after_a_takeover_and_writes_nothing_m
 def test_a_live_holder_is_named_with_host_pid_run_and_since(team: Team) -> None:
     holder = team.start("alpha", "run", "plan.yaml", PAUSE_S="8")
     try:
-        wait_until_marked(team, "first")
+        wait_until_running(team, "pause")
         refused = team.run("beta", "run", "plan.yaml")
         assert refused.returncode == 5
         assert_no_traceback(refused)
@@ -310,7 +322,7 @@ def test_a_plan_that_already_succeeded_says_so_before_it_runs_again(team: Team) 
 
 
 def test_status_report_rollback_and_abandon_work_from_another_host(team: Team) -> None:
-    failed = team.run("alpha", "run", "plan.yaml", FAIL_GATE="1")
+    failed = team.run("alpha", "run", "plan.yaml", FAIL="1")
     assert failed.returncode == 1, failed.stderr
     status = team.run("beta", "status", "plan.yaml", "--json")
     assert status.returncode == 0, status.stderr
@@ -322,7 +334,7 @@ def test_status_report_rollback_and_abandon_work_from_another_host(team: Team) -
     rolled = team.run("beta", "rollback", "plan.yaml")
     assert rolled.returncode == 0, rolled.stderr
     assert marks(team.target_url)["undone"] == "beta"
-    again = team.run("gamma", "run", "plan.yaml", FAIL_GATE="1")
+    again = team.run("gamma", "run", "plan.yaml", FAIL="1")
     assert again.returncode == 1
     abandoned = team.run("alpha", "abandon", "plan.yaml")
     assert abandoned.returncode == 0, abandoned.stderr
