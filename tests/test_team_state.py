@@ -8,7 +8,9 @@ run leaves can be compared with an uninterrupted run's.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -22,7 +24,15 @@ from typing import Any
 import pymongo
 import pytest
 
-from tests.helpers import assert_no_traceback, cli_env, finish, migration, start_migration, wait_for
+from tests.helpers import (
+    assert_no_traceback,
+    cli_env,
+    finish,
+    migration,
+    pid_alive,
+    start_migration,
+    wait_for,
+)
 
 PLAN = """\
 name: team
@@ -352,6 +362,8 @@ def test_history_of_the_file_store_lists_its_runs(tmp_path: Path, target_url: st
     assert listed.returncode == 0, listed.stderr
     (row,) = json.loads(listed.stdout)
     assert row["plan"] == "team" and row["status"] == "succeeded" and row["hosts"] == ["alpha"]
+    (run_file,) = (folder / "state" / "team").glob("*.json")
+    assert json.loads(run_file.read_text())["host"] == "alpha"  # MIGRATION_HOSTNAME, as the lock's
 
 
 BACKUP_PLAN = """\
@@ -395,3 +407,80 @@ def test_a_backup_left_on_another_host_stops_a_rollback_before_it_touches_anythi
     shutil.move(hidden, backups)  # shared storage: the same path on both hosts
     rolled = team.run("beta", "rollback", "plan.yaml")
     assert rolled.returncode == 0, rolled.stderr
+
+
+SERVICE_PLAN = """\
+name: team
+on_failure: stop
+phases:
+  - id: serve
+    steps:
+      - id: service
+        uses: process.start
+        with: {command: ["{{ env.PY }}", "-c", "import time; time.sleep(120)"], settle: 0.2}
+      - id: gate
+        uses: shell
+        with: {command: ["{{ env.PY }}", "-c", "raise SystemExit(1)"]}
+rollback:
+  - id: stop-service
+    uses: process.stop
+    with: {id: service}
+"""
+
+
+def test_a_service_started_on_another_host_is_not_stopped_from_here_and_the_report_says_so(
+    tmp_path: Path, mongo_url: str, target_url: str
+) -> None:
+    team = Team(tmp_path, mongo_url, target_url, SERVICE_PLAN)
+    failed = team.run("alpha", "run", "plan.yaml")
+    assert failed.returncode == 1, failed.stderr
+    pid = next(
+        st["outputs"]["pid"]
+        for phase in run_state(team.state_url)["phases"]
+        for st in phase["steps"]
+        if st["id"] == "service"
+    )
+    try:
+        rolled = team.run("beta", "rollback", "plan.yaml")
+        assert rolled.returncode == 0, rolled.stderr
+        assert "host alpha" in rolled.stderr and "cannot be reached from host beta" in rolled.stderr
+        assert pid_alive(pid)  # not signalled from beta: it runs on alpha
+        (entry,) = run_state(team.state_url)["rollback"]["steps"]
+        assert entry["status"] == "skipped" and f"pid {pid}" in entry["reason"]
+        report = team.run("gamma", "report", "plan.yaml")
+        assert "## Left on another host" in report.stdout and "stop-service" in report.stdout
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_the_plan_state_key_selects_the_store_from_env(
+    tmp_path: Path, mongo_url: str, target_url: str
+) -> None:
+    team = Team(
+        tmp_path,
+        mongo_url,
+        target_url,
+        PLAN.replace("on_failure:", 'state: "{{ env.OPS_STATE }}"\non_failure:'),
+    )
+    folder = team.folder("alpha")
+    env = team.env("alpha", OPS_STATE=mongo_url)
+    result = migration(folder, "run", "plan.yaml", env=env)
+    assert result.returncode == 0, result.stderr
+    assert run_state(mongo_url)["status"] == "succeeded" and not (folder / "state" / "team").exists()
+    status = migration(folder, "status", "plan.yaml", "--json", env=env)
+    assert json.loads(status.stdout)["status"] == "succeeded"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--state-url", "not-a-url"], "is not a mongodb:// URL"),
+        (["--state-url", "mongodb://127.0.0.1:1/"], "names no database"),
+        (["--lease-seconds", "0"], "more than 0 seconds"),
+    ],
+)
+def test_bad_store_options_are_one_line_usage_errors(tmp_path: Path, args: list[str], message: str) -> None:
+    result = migration(tmp_path, "status", *args, env=cli_env())
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and result.stderr.count("\n") == 1
