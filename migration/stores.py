@@ -55,10 +55,11 @@ def choose(
     url = url or os.environ.get("MIGRATION_STATE_URL") or None
     if url is not None and "://" not in url:
         raise UsageError(f"the state URL {url!r} is not a mongodb:// URL (mongodb://HOST/DB)")
-    seconds = parse_seconds(
-        lease_seconds if lease_seconds is not None else os.environ.get("MIGRATION_LEASE_SECONDS"),
-        DEFAULT_LEASE_SECONDS,
-        "the lease length (--lease-seconds, MIGRATION_LEASE_SECONDS)",
+    # MIGRATION_LEASE_SECONDS is read (and checked) by the MongoDB store, only when one is used.
+    seconds = (
+        parse_seconds(lease_seconds, DEFAULT_LEASE_SECONDS, "--lease-seconds")
+        if lease_seconds is not None
+        else None
     )
     return StoreChoice(state_dir if state_dir is not None else default_state_dir(), url, seconds)
 
