@@ -24,11 +24,14 @@ from typing import Any
 import pymongo
 import pytest
 
+from migration import stores
+from migration.stores import StoreChoice
 from tests.helpers import (
     assert_no_traceback,
     cli_env,
     finish,
     migration,
+    migration_batch,
     pid_alive,
     start_migration,
     wait_for,
@@ -76,10 +79,11 @@ client.get_default_database()["marks"].replace_one(
 RACER = """\
 import os, sys, time
 from migration import cli
-go = sys.argv[1]
+ready, go = sys.argv[1], sys.argv[2]
+open(ready, "w").close()
 while not os.path.exists(go):
     time.sleep(0.005)
-cli.main.main(sys.argv[2:], prog_name="migration")
+cli.main.main(sys.argv[3:], prog_name="migration")
 """
 
 
@@ -169,10 +173,16 @@ def step_statuses(state: dict[str, Any]) -> dict[str, str]:
 
 
 def history(team: Team, host: str) -> list[dict[str, Any]]:
+    """``migration history --json`` on ``host``."""
     result = team.run(host, "history", "--json")
     assert result.returncode == 0, result.stderr
     rows: list[dict[str, Any]] = json.loads(result.stdout)
     return rows
+
+
+def hosts_of_runs(team: Team) -> list[list[str]]:
+    """The hosts of every run, oldest first: what the history shows (read in this process)."""
+    return [row["hosts"] for row in stores.history(StoreChoice(team.root, team.state_url))]
 
 
 def wait_until_running(team: Team, step: str) -> None:
@@ -185,7 +195,9 @@ def wait_until_running(team: Team, step: str) -> None:
     wait_for(running, timeout=60, what=f"step {step} to run")
 
 
-def test_an_uninterrupted_run_records_its_host_target_and_operator_in_the_history(team: Team) -> None:
+def test_a_run_records_host_target_and_operator_and_a_second_run_says_it_already_succeeded(
+    team: Team,
+) -> None:
     result = team.run("alpha", "run", "plan.yaml")
     assert result.returncode == 0, result.stderr
     assert marks(team.target_url) == {"first": "alpha", "second": "alpha"}
@@ -197,6 +209,11 @@ def test_an_uninterrupted_run_records_its_host_target_and_operator_in_the_histor
     assert not (team.folder("alpha") / "state").exists()
     table = team.run("beta", "history")
     assert "team" in table.stdout and "alpha" in table.stdout and "succeeded" in table.stdout
+    # Running it again says so before it starts: when, where, which run.
+    second = team.run("beta", "run", "plan.yaml")
+    assert second.returncode == 0, second.stderr
+    said = second.stderr.split("already succeeded")[1].splitlines()[0]
+    assert row["run_id"] in said and "host alpha" in said and row["finished_at"] in said
 
 
 def test_the_state_url_wins_over_the_state_dir_and_comes_from_the_environment_too(team: Team) -> None:
@@ -214,20 +231,31 @@ def test_five_processes_on_three_hosts_at_a_barrier_give_one_run_and_name_its_ho
     go = team.root / "go"
     hosts = ["alpha", "alpha", "beta", "beta", "gamma"]
     procs = []
-    for host in hosts:
-        args = [sys.executable, str(racer), str(go), "run", "plan.yaml", "--state-url", team.state_url]
+    for number, host in enumerate(hosts):
+        ready = team.root / f"ready-{number}"
+        args = [
+            sys.executable,
+            str(racer),
+            str(ready),
+            str(go),
+            "run",
+            "plan.yaml",
+            "--state-url",
+            team.state_url,
+        ]
         procs.append(
             subprocess.Popen(
                 args,
                 cwd=team.folder(host),
-                env=team.env(host, PAUSE_S="4"),
+                env=team.env(host, PAUSE_S="3"),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
             )
         )
-    time.sleep(3)  # every racer has imported migration and waits at the barrier
+    # The barrier: every racer has imported migration and waits for the go.
+    wait_for(lambda: len(list(team.root.glob("ready-*"))) == len(hosts), timeout=60, what="the racers")
     go.write_text("")
     results = [finish(p, timeout=90) for p in procs]
     codes = sorted(code for code, _, _ in results)
@@ -237,7 +265,7 @@ def test_five_processes_on_three_hosts_at_a_barrier_give_one_run_and_name_its_ho
         assert_no_traceback(err)
         if code == 5:
             assert f"host {winner}" in err, err
-    assert [row["hosts"] for row in history(team, "gamma")] == [[winner]]
+    assert hosts_of_runs(team) == [[winner]]
 
 
 def test_a_sigkilled_holder_is_taken_over_by_a_plain_run_on_another_host(team: Team) -> None:
@@ -253,7 +281,7 @@ def test_a_sigkilled_holder_is_taken_over_by_a_plain_run_on_another_host(team: T
     assert state["status"] == "succeeded"
     assert set(step_statuses(state).values()) == {"succeeded"}
     assert state["hosts"] == ["alpha", "beta"]
-    assert [row["hosts"] for row in history(team, "gamma")] == [["alpha", "beta"]]
+    assert hosts_of_runs(team) == [["alpha", "beta"]]
     # The same data as an uninterrupted run (first by alpha before it died, second by beta).
     assert marks(team.target_url) == {"first": "alpha", "second": "beta"}
 
@@ -320,26 +348,25 @@ def test_run_once_refuses_a_second_run_on_the_same_target_unless_again(
     assert "--again" in refused.stderr
     again = team.run("beta", "run", "plan.yaml", "--again")
     assert again.returncode == 0, again.stderr
-    assert [row["hosts"] for row in history(team, "gamma")] == [["alpha"], ["beta"]]
-
-
-def test_a_plan_that_already_succeeded_says_so_before_it_runs_again(team: Team) -> None:
-    assert team.run("alpha", "run", "plan.yaml").returncode == 0
-    run_id = run_state(team.state_url)["run_id"]
-    second = team.run("beta", "run", "plan.yaml")
-    assert second.returncode == 0, second.stderr
-    assert "already succeeded" in second.stderr and run_id in second.stderr and "host alpha" in second.stderr
+    assert hosts_of_runs(team) == [["alpha"], ["beta"]]
 
 
 def test_status_report_rollback_and_abandon_work_from_another_host(team: Team) -> None:
     failed = team.run("alpha", "run", "plan.yaml", FAIL="1")
     assert failed.returncode == 1, failed.stderr
-    status = team.run("beta", "status", "plan.yaml", "--json")
+    url = ["--state-url", team.state_url]
+    beta = team.folder("beta")
+    status, every, report = migration_batch(
+        [
+            (beta, ["status", "plan.yaml", "--json", *url]),
+            (beta, ["status", "--json", *url]),
+            (beta, ["report", "team", *url]),
+        ],
+        env=team.env("beta"),
+    )
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["status"] == "failed"
-    every = team.run("beta", "status", "--json")
     assert [row["plan_name"] for row in json.loads(every.stdout)] == ["team"]
-    report = team.run("beta", "report", "team")
     assert report.returncode == 0 and run_state(team.state_url)["run_id"] in report.stdout
     rolled = team.run("beta", "rollback", "plan.yaml")
     assert rolled.returncode == 0, rolled.stderr
@@ -348,9 +375,9 @@ def test_status_report_rollback_and_abandon_work_from_another_host(team: Team) -
     assert again.returncode == 1
     abandoned = team.run("alpha", "abandon", "plan.yaml")
     assert abandoned.returncode == 0, abandoned.stderr
-    statuses = [row["status"] for row in history(team, "beta")]
-    assert statuses == ["rolled_back", "abandoned"]
-    assert [row["hosts"] for row in history(team, "beta")] == [["alpha", "beta"], ["gamma", "alpha"]]
+    rows = stores.history(StoreChoice(team.root, team.state_url))
+    assert [row["status"] for row in rows] == ["rolled_back", "abandoned"]
+    assert [row["hosts"] for row in rows] == [["alpha", "beta"], ["gamma", "alpha"]]
 
 
 def test_history_of_the_file_store_lists_its_runs(tmp_path: Path, target_url: str) -> None:
@@ -472,15 +499,13 @@ def test_the_plan_state_key_selects_the_store_from_env(
     assert json.loads(status.stdout)["status"] == "succeeded"
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
+def test_bad_store_options_are_one_line_usage_errors(tmp_path: Path) -> None:
+    cases = [
         (["--state-url", "not-a-url"], "is not a mongodb:// URL"),
         (["--state-url", "mongodb://127.0.0.1:1/"], "names no database"),
         (["--lease-seconds", "0"], "more than 0 seconds"),
-    ],
-)
-def test_bad_store_options_are_one_line_usage_errors(tmp_path: Path, args: list[str], message: str) -> None:
-    result = migration(tmp_path, "status", *args, env=cli_env())
-    assert result.returncode == 2, result.stderr
-    assert message in result.stderr and result.stderr.count("\n") == 1
+    ]
+    results = migration_batch([(tmp_path, ["status", *args]) for args, _ in cases])
+    for (_, message), result in zip(cases, results, strict=True):
+        assert result.returncode == 2, result.stderr
+        assert message in result.stderr and result.stderr.count("\n") == 1

@@ -20,7 +20,13 @@ from urllib.parse import urlsplit
 import pymongo
 import structlog
 from pymongo.collection import Collection
-from pymongo.errors import ConfigurationError, OperationFailure, PyMongoError, WriteConcernError
+from pymongo.errors import (
+    ConfigurationError,
+    DuplicateKeyError,
+    OperationFailure,
+    PyMongoError,
+    WriteConcernError,
+)
 from pymongo.write_concern import WriteConcern
 
 from migration.errors import StateError, UsageError
@@ -107,12 +113,7 @@ class Connection:
         for concern in FALLBACKS:
             self.write_concern = concern
             try:
-                with self.errors("a probe write"):
-                    self.collection("current").update_one(
-                        {"_id": f"probe|{host}"},
-                        {"$set": {"probe": True, "host": host}},
-                        upsert=True,
-                    )
+                self._probe_write(host)
             except StateError as exc:
                 code = getattr(exc.__cause__, "code", None)
                 if isinstance(exc.__cause__, (OperationFailure, WriteConcernError)) and (
@@ -129,6 +130,22 @@ class Connection:
             self._probed = True
             return
         raise StateError(f"state store {self.shown} refuses every write concern tried (w: majority ... w: 1)")
+
+    def _probe_write(self, host: str) -> None:
+        """Upsert this host's probe document. Two processes of one host upserting it at
+        once: one inserts, the other gets 11000 (an upsert is not atomic); it then matches."""
+        for attempt in range(3):
+            try:
+                with self.errors("a probe write"):
+                    self.collection("current").update_one(
+                        {"_id": f"probe|{host}"},
+                        {"$set": {"probe": True, "host": host}},
+                        upsert=True,
+                    )
+                return
+            except StateError as exc:
+                if not isinstance(exc.__cause__, DuplicateKeyError) or attempt == 2:
+                    raise
 
     def server_now(self) -> datetime:
         """The server's clock (``hello``'s localTime); the local clock if it does not say."""
