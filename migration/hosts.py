@@ -51,7 +51,10 @@ class Foreign:
 
 
 def _host_local(uses: str) -> dict[str, str]:
-    step_type = get_step_type(uses)
+    try:
+        step_type = get_step_type(uses)
+    except MigrationError:  # a plugin gone since the step ran: nothing known of its outputs
+        return {}
     declared = getattr(step_type, "host_local_outputs", None) if step_type is not None else None
     return dict(declared) if isinstance(declared, dict) else {}
 
