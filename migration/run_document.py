@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 from migration.jsonable import jsonable as jsonable  # one home; re-exported for the engine
 from migration.plan.loader import LoadedPlan
 from migration.plan.model import Phase
 from migration.state.document import SCHEMA_VERSION, PhaseDoc, RollbackDoc, RunDoc, Status, StepDoc
+from migration.state.host import host_name
 
 
 def new_step_state(step_id: str, uses: str) -> StepDoc:
@@ -71,7 +71,7 @@ def new_state(
         "started_at": started_at,
         "finished_at": None,
         "workdir": str(workdir),
-        "host": socket.gethostname(),
+        "host": host_name(),
         "pid": os.getpid(),
         "var_overrides": sorted(var_overrides),
         "error": None,

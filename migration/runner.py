@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from migration.checkpoints import evaluate_checkpoint
 from migration.context import TemplateContext, render_with
 from migration.errors import Interrupted, MigrationError, StepError
+from migration.hosts import check_files, foreign_outputs, process_elsewhere, steps_to_run
 from migration.interrupts import Interrupts, StepTimeout
 from migration.leftovers import STEP_MARK, leftover_processes, stop_leftovers
 from migration.machine import Lifecycle, phase_lifecycle, run_lifecycle, step_lifecycle
@@ -35,7 +36,7 @@ from migration.plan.model import Phase, Plan, StepSpec
 from migration.rollback import Entry, missing_dependency, phase_entries, rollback_entries, rollback_steps
 from migration.run_document import all_steps, failure_message, jsonable
 from migration.secrets import Redactor
-from migration.state import DONE, PhaseDoc, RunDoc, StateStore, Status, StepDoc, now_iso
+from migration.state import DONE, PhaseDoc, RunDoc, StateBackend, Status, StepDoc, host_name, now_iso
 from migration.state.document import ENDED
 from migration.steps.base import Step, StepContext
 from migration.steps.registry import get_step_type
@@ -61,8 +62,7 @@ class RunOptions:
     assume_yes: bool = False
     interactive: bool = False
     show_progress_bars: bool = False
-    # `migration rehearse`: a run on a throwaway copy. It says which steps to skip
-    # (outside effects) and points the others at the copy; None for a real run.
+    # `migration rehearse` (a run on a throwaway copy): which steps to skip, where the rest point.
     rehearsal: Rehearsal | None = None
 
 
@@ -72,7 +72,7 @@ class Runner:
     def __init__(
         self,
         plan: Plan,
-        store: StateStore,
+        store: StateBackend,
         state: RunDoc,
         context: TemplateContext,
         options: RunOptions,
@@ -90,6 +90,8 @@ class Runner:
         # One machine checks every step's moves (built once: a run may have thousands of steps).
         self._step_machine = step_lifecycle("", S.PENDING)
         self.events = store.open_events(state["run_id"])
+        self.host = host_name()
+        self._foreign = foreign_outputs(state, self.host)
         self._refresh_step_context()
 
     # -- persistence ----------------------------------------------------------------
@@ -168,6 +170,13 @@ class Runner:
             with os.fdopen(fd, "a", encoding="utf-8") as fh:
                 fh.write(f"--- {now_iso()} run {self.state['run_id']}\n{self.redact.text(text)}\n")
         return str(path)
+
+    def check_other_hosts(self, *, rollback: bool = False) -> None:
+        """Before anything runs: stop if a step still to run needs a file another host left
+        (see :mod:`migration.hosts`). A resumed run checks its rollback's steps too."""
+        if self._foreign:
+            to_run = steps_to_run(self.plan, self.state, rollback=rollback)
+            check_files(self._foreign, to_run, self.host, self.options.workdir)
 
     # -- the run ------------------------------------------------------------------------
     def execute(self) -> RunDoc:
@@ -280,7 +289,7 @@ class Runner:
         self._fire_run("rollback_done")
 
     def _checkpoint(self, phase: Phase, phase_state: PhaseDoc) -> _PhaseFailed | None:
-        if self.options.rehearsal is not None:  # conditions on skipped steps cannot be judged
+        if self.options.rehearsal is not None:  # without conditions on skipped steps
             phase = self.options.rehearsal.checkpoint_of(phase)
         checkpoint, failed = evaluate_checkpoint(phase, self.context.as_dict(), self.redact)
         phase_state["checkpoint"] = checkpoint
@@ -313,6 +322,18 @@ class Runner:
             self.persist()
             log.warning("rollback step skipped", step=st["id"], reason=st["reason"])
             return True
+        elsewhere = process_elsewhere(self._foreign, spec, self.host) if self._foreign else None
+        if elsewhere is not None:
+            self._move_step(st, "skip")
+            st["reason"] = elsewhere
+            record: Any = self.state
+            record.setdefault("host_notes", []).append(
+                {"step": spec.id, "host": self.host, "note": elsewhere}
+            )
+            self.persist()
+            self.event("step", step=spec.id, dest=S.SKIPPED, reason=elsewhere)
+            log.warning("step skipped", step=spec.id, reason=elsewhere)
+            return True
         if entry.undo and entry.handler is None:
             missing = missing_dependency(spec, self.context.steps)
             if missing is not None:
@@ -332,28 +353,22 @@ class Runner:
         st, phase_id = entry.doc, entry.phase
         spec = entry.spec
         assert spec is not None
-        if self.options.rehearsal is not None:
-            skip_reason = self.options.rehearsal.skip_reason(spec, entry.handler)
-            if skip_reason is not None:
-                self._move_step(st, "skip")
-                st["reason"] = skip_reason
-                self.persist(st, durable=False)
-                self.event("step", step=spec.id, dest=S.SKIPPED, reason=skip_reason)
-                log.info("step skipped", step=spec.id, reason=skip_reason)
-                return True
         ctx_dict = self.context.as_dict()
-        if spec.when is not None:
+        rehearsal = self.options.rehearsal  # a rehearsal skips steps with outside effects
+        skip = rehearsal.skip_reason(spec, entry.handler) if rehearsal is not None else None
+        if skip is None and spec.when is not None:
             try:
                 go = templates.truthy(templates.evaluate(spec.when, ctx_dict))
             except templates.TemplateError as exc:
                 return self._step_failed(spec, st, f"when: {exc}")
-            if not go:
-                self._move_step(st, "skip")
-                st["reason"] = f"when: {spec.when} is false"
-                self.persist(st, durable=False)
-                self.event("step", step=spec.id, dest=S.SKIPPED, reason=st["reason"])
-                log.info("step skipped", step=spec.id, reason=st["reason"])
-                return True
+            skip = None if go else f"when: {spec.when} is false"
+        if skip is not None:
+            self._move_step(st, "skip")
+            st["reason"] = skip
+            self.persist(st, durable=False)
+            self.event("step", step=spec.id, dest=S.SKIPPED, reason=st["reason"])
+            log.info("step skipped", step=spec.id, reason=st["reason"])
+            return True
         step_type = handler_step_type(entry.handler) if entry.handler else get_step_type(spec.uses)
         if step_type is None:  # checked at load; a handler's plugin may be gone since
             return self._step_failed(spec, st, f"rollback handler {entry.handler!r} is not registered")
@@ -361,8 +376,8 @@ class Runner:
             rendered = render_with(step_type, spec.with_, ctx_dict)
         except templates.TemplateError as exc:
             return self._step_failed(spec, st, str(exc))
-        if self.options.rehearsal is not None:
-            rendered = self.options.rehearsal.point(spec.id, step_type, rendered)
+        if rehearsal is not None:  # pointed at the copy: its server and scratch folders
+            rendered = rehearsal.point(spec.id, step_type, rendered)
         self.redact.learn(rendered)
         try:
             params = step_type.Params.model_validate(rendered)
@@ -390,6 +405,7 @@ class Runner:
             st["attempts"] = st.get("attempts", 0) + 1
             st["started_at"] = now_iso()
             st["error"] = None
+            st["host"] = self.host
             self.persist(st)
             self.event("step", step=spec.id, phase=phase_id, dest=S.RUNNING, attempt=st["attempts"])
             log.info("step", step=spec.id, uses=spec.uses, status=S.RUNNING, attempt=st["attempts"])

@@ -63,6 +63,14 @@ class StateStore:
             self.journal.close()
             self.lock.release()
 
+    def close(self) -> None:
+        self.release()
+
+    @property
+    def where(self) -> str:
+        """Where the runs are kept, for messages."""
+        return str(self.root)
+
     # -- runs ---------------------------------------------------------------------
     def run_path(self, run_id: str) -> Path:
         return self.dir / f"{run_id}.json"

@@ -17,7 +17,7 @@ import subprocess
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field
 
@@ -103,6 +103,8 @@ class ProcessStart(Step["ProcessStart.Params"]):
 
     name = "process.start"
     outside_effects = True
+    # The service runs on the host that started it (see migration.hosts).
+    host_local_outputs: ClassVar[dict[str, str]] = {"pid": "process"}
 
     class Params(CommandParams):
         log: str | None = Field(default=None, description="log file (default .migration/logs/<step id>.log)")
@@ -315,6 +317,7 @@ class ProcessStop(Step["ProcessStop.Params"]):
 
     name = "process.stop"
     outside_effects = True
+    step_id_params: ClassVar[tuple[str, ...]] = ("id",)
     undo_verb = "stop"
 
     class Params(StepParams):

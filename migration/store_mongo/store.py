@@ -31,14 +31,12 @@ from pymongo.errors import DuplicateKeyError
 from migration.errors import StateError
 from migration.report import downtime
 from migration.secrets import Redactor
-from migration.state import SCHEMA_VERSION, now_iso, shape_problem
+from migration.state import SCHEMA_VERSION, host_name, now_iso, operator_name, shape_problem
 from migration.store_mongo.backend import RunDocument, StepDocument
 from migration.store_mongo.connection import (
     DEFAULT_PREFIX,
     Connection,
     describe_target,
-    host_name,
-    operator_name,
     parse_seconds,
 )
 from migration.store_mongo.errors import LeaseLost
@@ -62,8 +60,10 @@ class MongoStateStore:
     """All state of one plan in MongoDB: runs, the ``current`` pointer, the lease and events.
 
     ``target`` (the database the plan migrates, credentials are dropped) is
-    recorded in each run for ``migration history``; when given, the lease and the
-    ``current`` pointer are per plan *and* target. ``on_lease_lost`` is called from
+    recorded in each run for ``migration history`` and ``run_once``. The lease and
+    the ``current`` pointer are per plan, as the file store's lock and pointer are
+    (a plan is identified by its name, whichever host runs it and whatever the
+    target: a second target needs a second plan name). ``on_lease_lost`` is called from
     the renewal thread when a renewal finds the lease taken over (to stop the run
     at once rather than at its next write).
     """
@@ -87,7 +87,7 @@ class MongoStateStore:
         self.redact = redact or Redactor()
         self.conn = Connection(url, prefix=prefix)
         self.target = describe_target(target) if target else None
-        self.scope = f"{plan_name}|{self.target}" if self.target else plan_name
+        self.scope = plan_name
         self.host = host_name()
         seconds = parse_seconds(
             lease_seconds if lease_seconds is not None else os.environ.get("MIGRATION_LEASE_SECONDS"),
