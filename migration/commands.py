@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 import yaml
 
-from migration import report
+from migration import report, report_html
 from migration.context import PLACEHOLDER_RUN_ID, RunInputs, check_vars, prepare, run_context
 from migration.errors import (
     MigrationError,
@@ -288,7 +288,7 @@ def make_report(plan: str, fmt: str, run_id: str | None, state_dir: Path) -> str
     state = store.load(run_id) if run_id else store.load_current()
     if state is None:
         raise UsageError(f"plan {name} has no runs in {state_dir}")
-    return report.html_report(state) if fmt == "html" else report.markdown(state)
+    return report_html.render(state) if fmt == "html" else report.markdown(state)
 
 
 def list_steps() -> str:
