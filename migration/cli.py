@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+import structlog
 
 from migration import commands, report
 from migration.errors import MigrationError
@@ -152,6 +153,8 @@ def run(
     state = commands.run(request)
     if fmt == "console":
         _print_summary(state)
+    else:  # a pipe or a log collector: one JSON line that a person can read too
+        structlog.get_logger("migration").info(report.summary_line(state), status=state["status"])
 
 
 @main.command()
@@ -184,6 +187,8 @@ def resume(
     state = commands.run(request)
     if fmt == "console":
         _print_summary(state)
+    else:  # a pipe or a log collector: one JSON line that a person can read too
+        structlog.get_logger("migration").info(report.summary_line(state), status=state["status"])
 
 
 @main.command()

@@ -127,7 +127,7 @@ class AttemptRow:
 def facts(state: RunDoc) -> list[Fact]:
     out = [
         Fact("run", str(state.get("run_id")), code=True),
-        Fact("status", str(state.get("status")), alarm=state.get("status") in FAILURES, strong=True),
+        Fact("status", str(state.get("status")), alarm=state.get("status") != Status.SUCCEEDED, strong=True),
         Fact("started", str(state.get("started_at"))),
         Fact("finished", str(state.get("finished_at") or "-")),
         Fact("duration", fmt_seconds(_duration(state.get("started_at"), state.get("finished_at")))),
