@@ -149,6 +149,10 @@ def run(
     if dry_run:
         text, code = commands.dry_run(request)
         click.echo(text, nl=False)
+        if code:  # the problems end the preview on stdout; say so where errors go
+            structlog.get_logger("migration").error(
+                "dry run: the run would fail; the problems end the preview", exit=code
+            )
         sys.exit(code)
     state = commands.run(request)
     if fmt == "console":

@@ -83,7 +83,7 @@ def dry_run(request: RunRequest) -> tuple[str, int]:
     context = run_context(inputs, PLACEHOLDER_RUN_ID, now_iso(), redactor())
     previewer = Previewer(inputs.loaded, context, request.workdir, redactor(), request.assume_yes)
     text = previewer.render()
-    return text, 1 if previewer.problems else 0
+    return text, previewer.exit_code  # 2: the plan is wrong; 1: a failure is predicted
 
 
 def run(request: RunRequest) -> RunDoc:

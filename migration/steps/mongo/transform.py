@@ -14,7 +14,7 @@ from pymongo.errors import CursorNotFound, PyMongoError
 
 from migration import mdtext
 from migration.errors import InvalidDocument, StepError
-from migration.steps.base import Step, StepContext, StepParams
+from migration.steps.base import Preview, Step, StepContext, StepParams
 from migration.steps.callables import check_spec, load_callable
 from migration.steps.mongo.common import connect, detect_server
 from migration.steps.mongo.documents import (
@@ -405,6 +405,9 @@ class _Run:
         for item in samples:
             lines.append(f"  _id {show_id(item.doc_id)}:")
             lines.extend("    " + line for line in _diff_lines(item))
+        if tally["error"] > params.max_errors:  # the run stops there: the dry run must say so
+            why = f"{tally['error']} errors in the first {scanned} documents, max_errors {params.max_errors}"
+            return Preview("\n".join(lines), problems=[f"{why}: the run would fail"])
         return "\n".join(lines)
 
 
