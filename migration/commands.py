@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 import yaml
 
-from migration import report, report_html
+from migration import report, report_html, resume_vars
 from migration.context import PLACEHOLDER_RUN_ID, RunInputs, check_vars, prepare, run_context
 from migration.errors import (
     MigrationError,
@@ -122,6 +122,7 @@ def run(request: RunRequest) -> RunDoc:
                 current["plan_digest"] = loaded.digest
             reconcile(current, loaded)
             state = current
+            resume_vars.carry_over(state, inputs, redactor())  # the first run's --var values
             # vars are rendered again on resume: they are not stored (they may hold env values)
             context = run_context(inputs, state["run_id"], state["started_at"], redactor())
             log.info("resuming", run_id=state["run_id"], status=state["status"])
@@ -131,6 +132,7 @@ def run(request: RunRequest) -> RunDoc:
             run_id, started_at = new_run_id(), now_iso()
             context = run_context(inputs, run_id, started_at, redactor())  # before the run exists
             state = new_state(loaded, run_id, started_at, request.workdir, list(inputs.overrides))
+            state["var_values"] = resume_vars.stored(inputs.overrides, redactor())
             store.save(state)
             store.set_current(state["run_id"])
             log.info("new run", run_id=state["run_id"], plan=loaded.plan.name)
