@@ -132,7 +132,7 @@ def run(request: RunRequest) -> RunDoc:
             run_id, started_at = new_run_id(), now_iso()
             context = run_context(inputs, run_id, started_at, redactor())  # before the run exists
             state = new_state(loaded, run_id, started_at, request.workdir, list(inputs.overrides))
-            state["var_values"] = resume_vars.stored(inputs.overrides, redactor())
+            state["var_values"] = resume_vars.stored(inputs, context, redactor())
             store.save(state)
             store.set_current(state["run_id"])
             log.info("new run", run_id=state["run_id"], plan=loaded.plan.name)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import re
 
-_PLAIN_SPECIALS = re.compile(r"([\\`*|])")
+# Asterisks stay as they are: ``***`` is the secrets mask and must read as itself in
+# the raw Markdown; the HTML renderer never takes the mask for bold.
+_PLAIN_SPECIALS = re.compile(r"([\\`|])")
 _BACKTICKS = re.compile(r"`+")
 
 
@@ -21,7 +23,7 @@ def one_line(text: str, limit: int = 200) -> str:
 
 
 def plain(text: object, limit: int = 200) -> str:
-    """Text with Markdown's inline punctuation backslash-escaped (``a*b`` stays ``a*b``)."""
+    """Text with the characters that would open a code span or split a table row escaped."""
     return _PLAIN_SPECIALS.sub(r"\\\1", one_line(str(text), limit))
 
 

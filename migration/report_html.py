@@ -28,6 +28,7 @@ from migration.report import (
     shows_attempts,
     step_sections,
 )
+from migration.secrets import MASK
 from migration.state.document import RunDoc, Status, StepDoc
 
 _CSS = """
@@ -227,13 +228,13 @@ def inline(text: str) -> str:
 
 def _emphasis(text: str) -> str:
     # Escapes first (as placeholders), so an escaped asterisk never pairs up into bold.
-    keep: list[str] = []
+    keep: list[str] = [MASK]  # \x000\x00: the secrets mask, never taken for bold
 
     def hold(match: re.Match[str]) -> str:
         keep.append(match.group(1))
         return f"\x00{len(keep) - 1}\x00"
 
-    held = _ESCAPED.sub(hold, text)
+    held = _ESCAPED.sub(hold, text.replace(MASK, "\x000\x00"))
     escaped = _STRONG.sub(lambda m: f"<strong>{m.group(1)}</strong>", _e(held))
     return re.sub(r"\x00(\d+)\x00", lambda m: _e(keep[int(m.group(1))]), escaped)
 

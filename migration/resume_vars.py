@@ -16,21 +16,48 @@ from typing import Any
 
 import structlog
 
-from migration.context import RunInputs
-from migration.errors import UsageError
+from migration.context import RunInputs, TemplateContext, render_with
+from migration.errors import MigrationError, UsageError
+from migration.plan import templates
 from migration.secrets import Redactor
 from migration.state.document import RunDoc, VarValue
+from migration.steps.registry import get_step_type
 
 log = structlog.get_logger("migration")
 
 
-def stored(overrides: dict[str, Any], redact: Redactor) -> dict[str, VarValue]:
-    """What a new run records of its ``--var`` values."""
+def stored(inputs: RunInputs, context: TemplateContext, redact: Redactor) -> dict[str, VarValue]:
+    """What a new run records of its ``--var`` values.
+
+    A value may turn out to be a secret only where a step uses it (``Authorization:
+    Bearer {{ vars.token }}``), long after the run started: every step's ``with:`` is
+    rendered once first, outputs of steps as placeholders (as in a dry run), so the
+    values the plan shows as secrets anywhere are masked before anything is stored.
+    """
+    probe = _secrets_in_steps(inputs, context)
     out: dict[str, VarValue] = {}
-    for name, value in sorted(overrides.items()):
-        shown = redact(value)
+    for name, value in sorted(inputs.overrides.items()):
+        shown = probe(redact(value))
         out[name] = {"value": shown, "masked": shown != value}
     return out
+
+
+def _secrets_in_steps(inputs: RunInputs, context: TemplateContext) -> Redactor:
+    """A redactor of the secrets the steps' parameters show (kept apart from the run's,
+    whose masks the run's output must not change)."""
+    probe = Redactor()
+    plan = inputs.loaded.plan
+    specs = [*plan.all_steps(), *(s for p in plan.phases for s in p.rollback), *plan.rollback_steps()]
+    steps = {s.id: {"outputs": templates.Placeholder(f"steps.{s.id}.outputs")} for s in specs}
+    values = {**context.as_dict(), "steps": steps}
+    for spec in specs:
+        try:
+            step_type = get_step_type(spec.uses)
+            if step_type is not None:
+                probe.learn(render_with(step_type, spec.with_, values))
+        except (templates.TemplateError, MigrationError):
+            continue  # the run reports it at that step
+    return probe
 
 
 def _show(value: Any) -> str:

@@ -119,7 +119,7 @@ def test_markdown_report_shows_attempts_invalid_ids_dangling_refs_and_samples(
     assert "time lost to failed or interrupted attempts:" in md
     # Invalid documents: ids and reasons of the first ten, then a count.
     assert f"Invalid documents: {INVALID} (the first 10):" in md
-    assert "- _id `1`: total 'x1' is not a number \\*really\\*" in md
+    assert "- _id `1`: total 'x1' is not a number *really*" in md
     assert "- _id `10`:" in md and "- _id `11`:" not in md
     assert f"- ... and {INVALID - 10} more (in the per-record log)" in md
     # Dangling references: orders whose customer_id (6, 7, 8) is not a customer.
