@@ -127,3 +127,30 @@ def test_a_missing_env_value_stops_the_dry_run_with_exit_2(tmp_path: Path) -> No
     assert result.returncode == 2
     assert "environment variable PREDICT_DB is not set" in result.stderr
     assert_no_traceback(result)
+
+
+def test_the_function_check_reads_source_and_reports_only_what_is_certain(tmp_path: Path) -> None:
+    from migration.function_check import function_specs, missing_function
+
+    (tmp_path / "certain.py").write_text(
+        "import os\nfrom json import loads as parse\n"
+        "try:\n    def fast(doc):\n        return None\nexcept ImportError:\n    fast = None\n"
+        "if os.name:\n    class Fixer:\n        pass\nTABLE: dict = {}\n"
+        "raise SystemExit('importing this module would run it')\n"
+    )
+    (tmp_path / "starry.py").write_text("from os.path import *\n")
+    (tmp_path / "lazy.py").write_text("def __getattr__(name):\n    return print\n")
+    env: dict[str, str] = {}
+    for present in ("certain:fast", "certain:Fixer.method", "certain:parse", "certain:TABLE"):
+        assert missing_function(present, tmp_path, env) is None, present
+    assert missing_function("certain:slow", tmp_path, env) == "module 'certain' has no 'slow'"
+    assert missing_function("starry:anything", tmp_path, env) is None  # cannot be sure
+    assert missing_function("lazy:anything", tmp_path, env) is None
+    assert missing_function("gone.sub:f", tmp_path, env) == (
+        f"no module named 'gone.sub' (searched {tmp_path} and PYTHONPATH)"
+    )
+    rendered = {"function": "a:b", "operations": [{"split": {"classify": {"x": {"function": "c:d"}}}}]}
+    assert list(function_specs(rendered)) == [
+        ("function", "a:b"),
+        ("operations[0].split.classify.x.function", "c:d"),
+    ]
