@@ -180,6 +180,15 @@ def attempt_rows(step: StepDoc) -> list[AttemptRow]:
     return rows
 
 
+def attempt_text(row: AttemptRow) -> str:
+    """One attempt in a sentence (for lists: the rollback's steps)."""
+    took = fmt_seconds(row.duration_s)
+    text = f"attempt {row.attempt}: {row.status}, started {row.started_at or '-'}, took {took}"
+    if row.lost_s:
+        text += f", lost {fmt_seconds(row.lost_s)}"
+    return text + (f" ({mdtext.one_line(row.error, 300)})" if row.error else "")
+
+
 def shows_attempts(step: StepDoc) -> bool:
     """Attempts get rows of their own when there was more than one, or one that failed."""
     rows = attempt_rows(step)
@@ -303,6 +312,8 @@ def markdown(state: RunDoc) -> str:
                 f"- {mdtext.plain(st['id'])} ({st.get('uses')}): {st['status']}"
                 + (f" - {mdtext.plain(why, 400)}" if why else "")
             )
+            if shows_attempts(st):
+                lines.extend(f"  - {mdtext.plain(attempt_text(row), 400)}" for row in attempt_rows(st))
         add("")
     return "\n".join(lines) + "\n"
 

@@ -23,6 +23,7 @@ from migration.report import (
     _duration,
     _short,
     attempt_rows,
+    attempt_text,
     facts,
     fmt_seconds,
     shows_attempts,
@@ -191,10 +192,21 @@ def _rollback(state: RunDoc) -> list[str]:
         out.append(
             f"<li{cls}>{_e(st['id'])} ({_e(st.get('uses'))}): {_e(st['status'])}"
             + (f" - {_e(why)}" if why else "")
+            + _attempt_list(st)
             + "</li>"
         )
     out.append("</ul>")
     return out
+
+
+def _attempt_list(st: StepDoc) -> str:
+    if not shows_attempts(st):
+        return ""
+    items = "".join(
+        f"<li{' class=fail' if row.status in FAILURES else ''}>{_e(attempt_text(row))}</li>"
+        for row in attempt_rows(st)
+    )
+    return f"<ul>{items}</ul>"
 
 
 # -- the Markdown of step sections, as HTML -----------------------------------------------

@@ -221,3 +221,43 @@ def test_a_successful_run_on_a_pipe_ends_with_a_one_line_summary(tmp_path: Path)
     run_id = load_state(tmp_path / "state", "summary-demo")["run_id"]
     assert last["event"].startswith(f"run {run_id} succeeded in ")
     assert last["event"].endswith("1 phases, 1/1 steps succeeded")
+
+
+def test_rollback_steps_show_every_attempt_too() -> None:
+    from migration import report, report_html
+
+    restore = {
+        "id": "restore",
+        "uses": "shell",
+        "status": "succeeded",
+        "attempts": 2,
+        "history": [
+            {"attempt": 1, "started_at": "2026-01-01T00:00:00Z", "finished_at": None, "status": "crashed"},
+            {
+                "attempt": 2,
+                "started_at": "2026-01-01T00:01:30Z",
+                "finished_at": "2026-01-01T00:01:40Z",
+                "status": "succeeded",
+            },
+        ],
+    }
+    state: Any = {
+        "run_id": "r1",
+        "plan_name": "rb",
+        "status": "rolled_back",
+        "started_at": "2026-01-01T00:00:00Z",
+        "finished_at": "2026-01-01T00:01:40Z",
+        "plan_digest": "sha256:x",
+        "phases": [],
+        "rollback": {"status": "succeeded", "reason": "step x failed: `boom` | here", "steps": [restore]},
+    }
+    md = report.markdown(state)
+    first = "  - attempt 1: crashed, started 2026-01-01T00:00:00Z, took -, lost 1m30s"
+    assert f"- restore (shell): succeeded\n{first}" in md
+    assert "  - attempt 2: succeeded, started 2026-01-01T00:01:30Z, took 10.0s" in md
+    assert "- time lost to failed or interrupted attempts: 1m30s" in md
+    assert "- reason: step x failed: \\`boom\\` \\| here" in md
+    page = parse(report_html.render(state))
+    text = "".join(page.text)
+    assert "attempt 1: crashed, started 2026-01-01T00:00:00Z, took -, lost 1m30s" in text
+    assert "reason: step x failed: `boom` | here" in text
