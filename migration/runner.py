@@ -373,8 +373,8 @@ class Runner:
             self._move_step(st, "start")
             st["attempts"] = st.get("attempts", 0) + 1
             st["started_at"] = now_iso()
-            st["error"] = None
             attempts.begin(st)
+            st["error"] = None
             self.persist(st)
             self.event("step", step=spec.id, phase=phase_id, dest=S.RUNNING, attempt=st["attempts"])
             log.info("step", step=spec.id, uses=spec.uses, status=S.RUNNING, attempt=st["attempts"])

@@ -79,6 +79,8 @@ class StepDoc(TypedDict, total=False):
     uses: Required[str]
     status: Required[str]
     attempts: Required[int]
+    # optional (added later): every attempt, oldest first (see migration.attempts)
+    history: list[AttemptDoc]
     outputs: dict[str, Any]
     error: str | None
     started_at: str | None
@@ -86,8 +88,6 @@ class StepDoc(TypedDict, total=False):
     duration_s: float
     reason: str
     progress: dict[str, Any]
-    # optional (added later): every attempt, oldest first
-    history: list[AttemptDoc]
     # rollback entries only: the phase whose rollback list it comes from
     phase: str | None
 
