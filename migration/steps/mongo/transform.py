@@ -30,13 +30,12 @@ from migration.steps.mongo.documents import (
 from migration.steps.mongo.guarded_writes import GuardedWriter, Outcome, Planned, Planner
 from migration.steps.mongo.operations import Operation, OperationsProgram, describe
 from migration.steps.mongo.query_filters import check_filter, check_filter_on_server
-from migration.steps.mongo.record_log import InflightJournal, RecordLog, new_path, problem_records_section
+from migration.steps.mongo.record_log import InflightJournal, RecordLog, new_path
+from migration.steps.mongo.transform_report import problem_records_section
 from migration.steps.registry import register
 
 __all__ = ["InvalidDocument", "MongoTransform"]
 
-# Invalid ids (and errors) a report lists before it gives only a count.
-REPORT_EXAMPLES = 10
 COUNTERS = ("total", "migrated", "skipped", "invalid", "errors", "conflicts")
 COUNTER_OF_STATUS = {
     "migrated": "migrated",
@@ -199,7 +198,7 @@ class MongoTransform(Step["MongoTransform.Params"]):
         if outputs.get("log"):
             lines += ["", f"Per-record log: {mdtext.code(outputs['log'])}"]
         # The ids and reasons an operator must look at: the first few, then a count.
-        lines += problem_records_section(outputs, REPORT_EXAMPLES)
+        lines += problem_records_section(outputs)
         return [*lines, ""]
 
 
