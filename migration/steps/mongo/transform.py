@@ -16,6 +16,7 @@ from migration import mdtext
 from migration.errors import InvalidDocument, StepError
 from migration.steps.base import Preview, Step, StepContext, StepParams
 from migration.steps.callables import check_spec, load_callable
+from migration.steps.mongo import transform_report
 from migration.steps.mongo.common import connect, detect_server
 from migration.steps.mongo.documents import (
     MISSING,
@@ -31,7 +32,6 @@ from migration.steps.mongo.guarded_writes import GuardedWriter, Outcome, Planned
 from migration.steps.mongo.operations import Operation, OperationsProgram, describe
 from migration.steps.mongo.query_filters import check_filter, check_filter_on_server
 from migration.steps.mongo.record_log import InflightJournal, RecordLog, new_path
-from migration.steps.mongo.transform_report import problem_records_section
 from migration.steps.registry import register
 
 __all__ = ["InvalidDocument", "MongoTransform"]
@@ -198,7 +198,7 @@ class MongoTransform(Step["MongoTransform.Params"]):
         if outputs.get("log"):
             lines += ["", f"Per-record log: {mdtext.code(outputs['log'])}"]
         # The ids and reasons an operator must look at: the first few, then a count.
-        lines += problem_records_section(outputs)
+        lines += transform_report.problem_records_section(outputs)
         return [*lines, ""]
 
 
