@@ -139,6 +139,9 @@ def facts(state: RunDoc) -> list[Fact]:
     if lost:
         out.append(Fact("time lost to failed or interrupted attempts", fmt_seconds(lost), alarm=True))
     out.append(Fact("plan", f"{state.get('plan_path')} ({state.get('plan_digest')})"))
+    hosts = _team_keys(state).get("hosts")
+    if hosts:
+        out.append(Fact("hosts", " > ".join(str(h) for h in hosts)))
     given = state.get("var_values") or {}
     if given:
         shown = ", ".join(f"{k}={_short(v.get('value'), 60)}" for k, v in sorted(given.items()))
@@ -149,6 +152,18 @@ def facts(state: RunDoc) -> list[Fact]:
     if state.get("needs_operator"):
         out.append(Fact("needs an operator", "the rollback did not complete", alarm=True, strong=True))
     return out
+
+
+def _team_keys(state: RunDoc) -> dict[str, Any]:
+    """Keys the MongoDB state store adds (``hosts``, ``host_notes``), read when present."""
+    return dict(state)
+
+
+def host_notes(state: RunDoc) -> list[str]:
+    """Steps skipped because what they reach stayed on another host (team state)."""
+    notes = _team_keys(state).get("host_notes") or []
+    notes = [n for n in notes if isinstance(n, dict)]
+    return [f"{n.get('step')} (on host {n.get('host')}): {n.get('note')}" for n in notes]
 
 
 def _every_step(state: RunDoc) -> list[StepDoc]:
@@ -298,6 +313,12 @@ def markdown(state: RunDoc) -> str:
             if st.get("error"):
                 add(f"- **{mdtext.plain(st['id'])} error**: {mdtext.plain(st['error'], 400)}")
                 add("")
+    notes = host_notes(state)
+    if notes:
+        add("## Left on another host")
+        add("")
+        lines.extend(f"- {mdtext.plain(note, 400)}" for note in notes)
+        add("")
     rb = state["rollback"]
     if rb.get("status"):
         add("## Rollback")

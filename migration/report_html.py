@@ -26,6 +26,7 @@ from migration.report import (
     attempt_text,
     facts,
     fmt_seconds,
+    host_notes,
     shows_attempts,
     step_sections,
 )
@@ -88,6 +89,7 @@ def render(state: RunDoc) -> str:
         *_checkpoints(state),
         _MarkdownBlocks(step_sections(state)).html(),
         *_outputs(state),
+        *_host_notes(state),
         *_rollback(state),
         "</body></html>",
     ]
@@ -174,6 +176,13 @@ def _outputs(state: RunDoc) -> list[str]:
                 error = _e(_short(st["error"], 400))
                 out.append(f"<p class='fail'><strong>{_e(st['id'])} error</strong>: {error}</p>")
     return out
+
+
+def _host_notes(state: RunDoc) -> list[str]:
+    notes = host_notes(state)
+    if not notes:
+        return []
+    return ["<h2>Left on another host</h2>", "<ul>", *(f"<li>{_e(n)}</li>" for n in notes), "</ul>"]
 
 
 def _rollback(state: RunDoc) -> list[str]:

@@ -250,6 +250,9 @@ def test_rollback_steps_show_every_attempt_too() -> None:
         "plan_digest": "sha256:x",
         "phases": [],
         "rollback": {"status": "succeeded", "reason": "step x failed: `boom` | here", "steps": [restore]},
+        # what the MongoDB state store adds: every host that held the run, steps left behind
+        "hosts": ["ops-1", "ops-2"],
+        "host_notes": [{"step": "app", "host": "ops-1", "note": "process left running"}],
     }
     md = report.markdown(state)
     first = "  - attempt 1: crashed, started 2026-01-01T00:00:00Z, took -, lost 1m30s"
@@ -257,7 +260,10 @@ def test_rollback_steps_show_every_attempt_too() -> None:
     assert "  - attempt 2: succeeded, started 2026-01-01T00:01:30Z, took 10.0s" in md
     assert "- time lost to failed or interrupted attempts: 1m30s" in md
     assert "- reason: step x failed: \\`boom\\` \\| here" in md
+    assert "- hosts: ops-1 > ops-2" in md
+    assert "## Left on another host\n\n- app (on host ops-1): process left running" in md
     page = parse(report_html.render(state))
     text = "".join(page.text)
     assert "attempt 1: crashed, started 2026-01-01T00:00:00Z, took -, lost 1m30s" in text
     assert "reason: step x failed: `boom` | here" in text
+    assert "app (on host ops-1): process left running" in text and "ops-1 > ops-2" in text
