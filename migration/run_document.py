@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from pathlib import Path
-from typing import Any
 
+from migration.jsonable import jsonable as jsonable  # one home; re-exported for the engine
 from migration.plan.loader import LoadedPlan
 from migration.plan.model import Phase
 from migration.state.document import SCHEMA_VERSION, PhaseDoc, RollbackDoc, RunDoc, Status, StepDoc
@@ -105,7 +104,3 @@ def failure_message(state: RunDoc) -> str | None:
 def checkpoint_status(phase: PhaseDoc) -> str | None:
     checkpoint = phase.get("checkpoint")
     return checkpoint["status"] if checkpoint else None
-
-
-def jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str))
