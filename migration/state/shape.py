@@ -13,10 +13,12 @@ import json
 from collections.abc import Collection
 from typing import Any
 
+from migration.errors import StateError
 from migration.state.document import (
     PHASE_STATES,
     ROLLBACK_STATES,
     RUN_STATES,
+    SCHEMA_VERSION,
     STEP_STATES,
     RunDoc,
     StepDoc,
@@ -94,6 +96,9 @@ def _step_ok(step: Any) -> bool:
         value = step.get(key)
         if value is not None and type(value) is not dict:
             return False
+    history = step.get("history")
+    if history is not None and not (type(history) is list and all(type(a) is dict for a in history)):
+        return False
     for key in _STEP_TEXTS:
         value = step.get(key)
         if value is not None and type(value) is not str:
@@ -119,6 +124,9 @@ def _check_step(step: Any, where: str) -> None:
     _field(step, "progress", dict, where)
     for key in _STEP_TEXTS:
         _field(step, key, str, where)
+    for j, attempt in enumerate(_field(step, "history", list, where) or ()):
+        if not isinstance(attempt, dict):
+            raise _Shape(f"{where}history[{j}] is {_kind(attempt)}, not an object")
 
 
 def _check_steps(steps: list[Any], where: str) -> None:
@@ -161,6 +169,7 @@ def _check_state(state: Any) -> None:
     _field(state, "needs_operator", bool, "")
     _field(state, "downtime", dict, "")
     _field(state, "plan_changes", list, "")
+    _field(state, "var_values", dict, "")
     if (_field(state, "journal_seq", int, "") or 0) < 0:
         raise _Shape("journal_seq is negative")
     error = _field(state, "error", dict, "")
@@ -197,3 +206,34 @@ def journal_problem(entry: Any) -> str | None:
     except _Shape as problem:
         return str(problem)
     return None
+
+
+def parse_run_document(
+    text: str, run_id: str, place: str, id_origin: str, repair_hint: str, abandon: str
+) -> Any:
+    """The run document stored at ``place`` as ``text``, checked; raises StateError saying why not.
+
+    Shared by both stores: ``id_origin`` names where ``run_id`` came from (a file
+    name, a document id), ``repair_hint`` where the events are, ``abandon`` how to
+    set the run aside.
+    """
+    try:
+        state = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise StateError(
+            f"{place} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
+            f"it was edited or damaged. Repair it ({repair_hint}), or {abandon}"
+        ) from exc
+    version = state.get("schema_version") if isinstance(state, dict) else None
+    if isinstance(version, int) and version > SCHEMA_VERSION:
+        raise StateError(
+            f"{place} was written by a newer migration (schema {version}); upgrade migration to resume it"
+        )
+    problem = shape_problem(state)
+    if problem is None and state["run_id"] != run_id:
+        problem = f"its run_id {show(state['run_id'])} is not its {id_origin} {show(run_id)}"
+    if problem is not None:
+        raise StateError(
+            f"{place} is not a migration state ({problem}); it was edited or damaged. Repair it, or {abandon}"
+        )
+    return state
