@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from migration.plan.model import Plan
 from migration.preview import Previewer
 from migration.rehearse import RehearseRequest, rehearse
 from migration.run_document import failure_message, new_state, reconcile
-from migration.runner import Runner, RunOptions, interactive_stdin
+from migration.runner import Runner, RunOptions
 from migration.state import (
     FINISHED,
     RunDoc,
@@ -231,6 +232,13 @@ def _check_run_once(choice: StoreChoice, plan: Plan, target: str | None, request
     if plan.run_once and not request.again:
         raise UsageError(f"{what}; the plan says run_once: true. Run it again only on purpose, with --again")
     log.warning(f"{what}; running it again")
+
+
+def interactive_stdin() -> bool:
+    try:
+        return sys.stdin is not None and sys.stdin.isatty()
+    except (ValueError, OSError):
+        return False
 
 
 def _options(request: RunRequest) -> RunOptions:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -379,8 +378,7 @@ class Runner:
             rendered = render_with(step_type, spec.with_, ctx_dict)
         except templates.TemplateError as exc:
             return self._step_failed(spec, st, str(exc))
-        if rehearsal is not None:  # pointed at the copy: its server and scratch folders
-            rendered = rehearsal.point(spec.id, step_type, rendered)
+        rendered = rehearsal.point(spec.id, step_type, rendered) if rehearsal is not None else rendered
         self.redact.learn(rendered)
         try:
             params = step_type.Params.model_validate(rendered)
@@ -497,10 +495,3 @@ class Runner:
             self.persist(st)
 
         return save
-
-
-def interactive_stdin() -> bool:
-    try:
-        return sys.stdin is not None and sys.stdin.isatty()
-    except (ValueError, OSError):
-        return False
