@@ -223,9 +223,10 @@ def test_restore_subset_leaves_other_collections_alone(mongo_url: str, seeded: A
 def test_writes_during_backup_fail_it_and_leave_no_backup(
     mongo_url: str, seeded: Any, tmp_path: Path
 ) -> None:
+    # One collection at a time, so User (dumped last) is read after the late write.
     ctx = HookedContext(
         step_id="backup",
-        params=MongoBackup.Params(uri=mongo_url, out="backups"),
+        params=MongoBackup.Params(uri=mongo_url, out="backups", parallel_collections=1),
         workdir=tmp_path,
         hook=lambda: seeded.User.insert_one({"email": "late@example.com"}),
         hook_on="backup",

@@ -16,11 +16,13 @@ Manifest (``format: migration-backup/1``)::
     {"format", "database", "created_at", "server_version", "ferretdb", "tool", "gzip",
      "dump_dir": "mongodb-dump/<db>", "totalRecords", "totalBytes", "verified",
      "collections": {name: {"count", "bytes", "sha256", "checksum", "file",
-                            "file_bytes", "metadata", "indexes"}}}
+                            "file_bytes", "metadata", "indexes", "md5"}}}
 
 ``sha256`` is the SHA-256 of the uncompressed ``.bson`` content; ``checksum`` is the
 collection checksum (see :mod:`checksums`) at backup time. With the native tool
-the file is written in ``_id`` order, so the two are equal. Paths are relative to
+the file is written in ``_id`` order, so the two are equal, and ``md5`` (native tool
+only) is the MD5 of the same bytes: what MongoDB's ``dbHash`` answers for the
+collection, so a restore can be checked by the server itself. Paths are relative to
 the backup folder.
 """
 
@@ -206,6 +208,8 @@ class BsonWriter:
         self.path = path
         self.bytes = 0
         self._hasher = hashlib.sha256()
+        # dbHash's figure, so a restore can be checked by the server without a read-back.
+        self._md5 = hashlib.md5(usedforsecurity=False)
         self._raw = open(path, "wb")  # noqa: SIM115 - closed in close()
         self._out: BinaryIO = self._raw
         if gzipped:
@@ -217,11 +221,16 @@ class BsonWriter:
     def write(self, data: bytes) -> None:
         self._out.write(data)
         self._hasher.update(data)
+        self._md5.update(data)
         self.bytes += len(data)
 
     @property
     def sha256(self) -> str:
         return self._hasher.hexdigest()
+
+    @property
+    def md5(self) -> str:
+        return self._md5.hexdigest()
 
     def close(self) -> None:
         if self._out is not self._raw:
@@ -263,6 +272,7 @@ def fsync_dir(path: Path) -> None:
 
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX32 = re.compile(r"^[0-9a-f]{32}$")
 
 
 def load_manifest(path: Path) -> dict[str, Any]:
@@ -315,6 +325,8 @@ class DumpedCollection:
     count: int | None = None
     sha256: str | None = None
     checksum: str | None = None
+    # MD5 of the documents in _id order, as MongoDB's dbHash computes it (native backups).
+    md5: str | None = None
 
 
 @dataclass
@@ -423,6 +435,7 @@ def _from_manifest(root: Path, named: Path) -> DumpSource:
             count=int(entry["count"]),
             sha256=entry["sha256"],
             checksum=entry["checksum"],
+            md5=entry["md5"] if isinstance(entry.get("md5"), str) and _HEX32.match(entry["md5"]) else None,
         )
     listed = {c.bson.name for c in collections.values()}
     for path in sorted(dump_dir.iterdir()):
