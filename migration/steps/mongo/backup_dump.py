@@ -88,8 +88,8 @@ class Dump:
     def native(self, name: str, advance: Callable[[int], None], shared: Workers) -> dict[str, Any]:
         """Stream the collection's raw BSON batches in ``_id`` order into its file.
 
-        Per batch, not per document: the server's bytes are written and hashed (SHA-256,
-        and MD5 as dbHash computes it) as whole batches; only the count walks documents.
+        Per batch, not per document: the server's bytes are written and hashed as whole
+        batches; only the count walks the documents' length prefixes.
         """
         text, _, index_names = metadata_of(self.db, name)
         meta_path = self.db_dir / metadata_file_name(name, self.gzip)
@@ -115,7 +115,6 @@ class Dump:
             "bytes": writer.bytes,
             "sha256": writer.sha256,
             "checksum": writer.sha256,
-            "md5": writer.md5,
             "file": self.relative(path),
             "file_bytes": path.stat().st_size,
             "metadata": self.relative(meta_path),
@@ -155,7 +154,6 @@ class Dump:
                 count=entry["count"],
                 sha256=entry["sha256"],
                 checksum=entry["checksum"],
-                md5=entry.get("md5"),
             )
             for name, entry in entries.items()
         ]
@@ -194,7 +192,7 @@ class Dump:
 
                 def one(dumped: DumpedCollection, shared: Workers) -> None:
                     restore_native(scratch, dumped, server, warn, shared.locked(bar.advance), shared)
-                    _, problem = verify_collection(scratch, dumped, {}, "checksums", False)
+                    _, problem, _ = verify_collection(scratch, dumped, {}, "checksums", False)
                     if problem:
                         with shared.lock:
                             problems.append(problem)

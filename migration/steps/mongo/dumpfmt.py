@@ -16,13 +16,13 @@ Manifest (``format: migration-backup/1``)::
     {"format", "database", "created_at", "server_version", "ferretdb", "tool", "gzip",
      "dump_dir": "mongodb-dump/<db>", "totalRecords", "totalBytes", "verified",
      "collections": {name: {"count", "bytes", "sha256", "checksum", "file",
-                            "file_bytes", "metadata", "indexes", "md5"}}}
+                            "file_bytes", "metadata", "indexes"}}}
 
 ``sha256`` is the SHA-256 of the uncompressed ``.bson`` content; ``checksum`` is the
 collection checksum (see :mod:`checksums`) at backup time. With the native tool
-the file is written in ``_id`` order, so the two are equal, and ``md5`` (native tool
-only) is the MD5 of the same bytes: what MongoDB's ``dbHash`` answers for the
-collection, so a restore can be checked by the server itself. Paths are relative to
+the file is written in ``_id`` order, so the two are equal (and the MD5 of the file is
+what MongoDB's ``dbHash`` answers for the collection: a restore computes it while
+checking the file, where the server has ``dbHash``). Paths are relative to
 the backup folder.
 """
 
@@ -176,11 +176,13 @@ class FileScan:
     count: int
     bytes: int
     sha256: str
+    md5: str | None = None
 
 
-def scan_bson_file(path: Path) -> FileScan:
-    """Count, size and SHA-256 of the (uncompressed) content of a ``.bson`` file."""
+def scan_bson_file(path: Path, md5: bool = False) -> FileScan:
+    """Count, size and SHA-256 (and MD5 if asked) of the uncompressed content of a ``.bson`` file."""
     hasher = hashlib.sha256()
+    md5_hasher = hashlib.md5(usedforsecurity=False) if md5 else None
     count = 0
     size = 0
     pending: list[bytes] = []
@@ -190,12 +192,17 @@ def scan_bson_file(path: Path) -> FileScan:
         if len(pending) == 1024:
             joined = b"".join(pending)
             hasher.update(joined)
+            if md5_hasher is not None:
+                md5_hasher.update(joined)
             size += len(joined)
             count += len(pending)
             pending.clear()
     joined = b"".join(pending)
     hasher.update(joined)
-    return FileScan(count + len(pending), size + len(joined), hasher.hexdigest())
+    if md5_hasher is not None:
+        md5_hasher.update(joined)
+    md5_hex = md5_hasher.hexdigest() if md5_hasher is not None else None
+    return FileScan(count + len(pending), size + len(joined), hasher.hexdigest(), md5_hex)
 
 
 class BsonWriter:
@@ -208,8 +215,6 @@ class BsonWriter:
         self.path = path
         self.bytes = 0
         self._hasher = hashlib.sha256()
-        # dbHash's figure, so a restore can be checked by the server without a read-back.
-        self._md5 = hashlib.md5(usedforsecurity=False)
         self._raw = open(path, "wb")  # noqa: SIM115 - closed in close()
         self._out: BinaryIO = self._raw
         if gzipped:
@@ -221,16 +226,11 @@ class BsonWriter:
     def write(self, data: bytes) -> None:
         self._out.write(data)
         self._hasher.update(data)
-        self._md5.update(data)
         self.bytes += len(data)
 
     @property
     def sha256(self) -> str:
         return self._hasher.hexdigest()
-
-    @property
-    def md5(self) -> str:
-        return self._md5.hexdigest()
 
     def close(self) -> None:
         if self._out is not self._raw:
@@ -272,7 +272,6 @@ def fsync_dir(path: Path) -> None:
 
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_HEX32 = re.compile(r"^[0-9a-f]{32}$")
 
 
 def load_manifest(path: Path) -> dict[str, Any]:
@@ -325,7 +324,8 @@ class DumpedCollection:
     count: int | None = None
     sha256: str | None = None
     checksum: str | None = None
-    # MD5 of the documents in _id order, as MongoDB's dbHash computes it (native backups).
+    # MD5 of the file when it holds the documents in _id order (native backups): what
+    # MongoDB's dbHash answers for the collection. Filled while checking the file.
     md5: str | None = None
 
 
@@ -435,7 +435,6 @@ def _from_manifest(root: Path, named: Path) -> DumpSource:
             count=int(entry["count"]),
             sha256=entry["sha256"],
             checksum=entry["checksum"],
-            md5=entry["md5"] if isinstance(entry.get("md5"), str) and _HEX32.match(entry["md5"]) else None,
         )
     listed = {c.bson.name for c in collections.values()}
     for path in sorted(dump_dir.iterdir()):

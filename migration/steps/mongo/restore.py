@@ -251,10 +251,10 @@ class MongoRestore(Step["MongoRestore.Params"]):
                     count = file_counts[name]
                     advance(count)  # restored whole by an earlier attempt
                 # The read-back of this collection overlaps the restore of the others.
-                seen, problem = verify_collection(db, dumped, file_counts, params.verify, dbhash)
+                seen, problem, how = verify_collection(db, dumped, file_counts, params.verify, dbhash)
                 with shared.lock:
                     found[name] = seen
-                    verified_by[name] = "dbHash" if dbhash and dumped.md5 else "read-back"
+                    verified_by[name] = how
                     if name not in done:
                         in_flight.discard(name)
                         if not tool:

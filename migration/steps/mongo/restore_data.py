@@ -210,7 +210,7 @@ def verify_restored(
     found: dict[str, int] = {}
     problems: list[str] = []
     for dumped in chosen:
-        count, problem = verify_collection(db, dumped, file_counts, "checksums", False)
+        count, problem, _ = verify_collection(db, dumped, file_counts, "checksums", False)
         found[dumped.name] = count
         if problem:
             problems.append(problem)
@@ -247,25 +247,30 @@ def verify_collection(
     file_counts: dict[str, int],
     level: str,
     dbhash: bool,
-) -> tuple[int, str | None]:
-    """(documents found, a problem or None) for one restored collection.
+) -> tuple[int, str | None, str]:
+    """(documents found, a problem or None, how it was checked) for one restored collection.
 
-    ``checksums``: the server's ``dbHash`` when it has one and the dump recorded the
-    MD5 (no documents cross the network); otherwise, or if the hashes differ, every
-    document is read back in ``_id`` order and hashed. ``counts``: one count only.
+    ``checksums``: the server's ``dbHash`` where it has one and the file holds the
+    documents in ``_id`` order (no documents cross the network; the file's MD5 is
+    computed locally); otherwise, or if the hashes differ, every document is read back
+    in ``_id`` order and hashed (``read-back``). ``counts``: one count only.
     """
     expected = dumped.count if dumped.count is not None else file_counts[dumped.name]
     if level == "counts" or dumped.checksum is None:
         count = db[dumped.name].count_documents({})
-        return (
-            count,
-            None if count == expected else f"{dumped.name} has {count} documents, the dump {expected}",
-        )
-    if dbhash and dumped.md5 is not None and server_md5(db, dumped.name) == dumped.md5:
-        return expected, None
+        if count != expected:
+            return count, f"{dumped.name} has {count} documents, the dump {expected}", "count"
+        return count, None, "count"
+    # Only where the file holds the documents in _id order (its SHA-256 is the collection
+    # checksum, as in native backups) is its MD5 what dbHash must answer.
+    if dbhash and dumped.sha256 is not None and dumped.sha256 == dumped.checksum:
+        if dumped.md5 is None:
+            dumped.md5 = scan_bson_file(dumped.bson, md5=True).md5
+        if server_md5(db, dumped.name) == dumped.md5:
+            return expected, None, "dbHash"
     count, checksum = collection_digest(db, dumped.name)
     if count != expected:
-        return count, f"{dumped.name} has {count} documents, the dump {expected}"
+        return count, f"{dumped.name} has {count} documents, the dump {expected}", "read-back"
     if checksum != dumped.checksum:
-        return count, f"{dumped.name} differs from the backup (checksum mismatch)"
-    return count, None
+        return count, f"{dumped.name} differs from the backup (checksum mismatch)", "read-back"
+    return count, None, "read-back"
