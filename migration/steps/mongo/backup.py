@@ -87,8 +87,14 @@ class MongoBackup(Step["MongoBackup.Params"]):
     ``.partial`` folder renamed at the very end; a failed backup is removed, and
     says so. Counts taken before and after the dump must agree with what was
     written: a difference means something is still writing (stop the application).
-    ``verify``: ``counts`` (always done), ``checksums`` (read every file back) or
-    ``restore`` (also restore into a scratch database and compare, then drop it).
+    ``parallel_collections`` (default 4, as mongodump's ``--numParallelCollections``)
+    collections are dumped at once, each into its own file; the manifest is the same
+    whatever order they finish in. ``verify`` (what each proves and costs:
+    docs/backups.md): ``counts`` (always done: exact counts before and after equal
+    the documents dumped), ``checksums`` (also read every file back from disk as soon
+    as it is closed, while the others are dumped: count and SHA-256 as recorded) or
+    ``restore`` (also restore into a scratch database on the same server, compare
+    checksums, drop it). Checksums of what is written are computed on the fly.
     ``keep: N`` prunes older ``backup-*`` folders in ``out``, never this one.
 
     Outputs: ``path`` (the backup folder holding the manifest), ``total_records``,
@@ -114,7 +120,11 @@ class MongoBackup(Step["MongoBackup.Params"]):
         out: str = Field(description="folder that receives backup-<timestamp>/")
         collections: list[str] | None = Field(default=None, description="default: all")
         tool: Literal["native", "mongodump"] = "native"
-        verify: Literal["counts", "checksums", "restore"] = "counts"
+        verify: Literal["counts", "checksums", "restore"] = Field(
+            default="counts",
+            description="counts: exact counts before/after; checksums: also read each file back; "
+            "restore: also restore into a scratch database and compare",
+        )
         gzip: bool = False
         keep: int | None = Field(default=None, ge=1, description="backups to keep in out")
         parallel_collections: int = Field(

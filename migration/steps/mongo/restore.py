@@ -59,14 +59,22 @@ class MongoRestore(Step["MongoRestore.Params"]):
     collections are replaced and all others are left alone (listed in
     ``left_alone``). Documents are inserted as raw BSON in batches, indexes rebuilt
     from the metadata, then every restored collection is compared with the manifest
-    (counts, and checksums over the documents in ``_id`` order). Interrupted (a
-    crash, a kill, the server going away) it resumes collection by collection: what
-    an earlier attempt restored whole is kept, a half-restored collection is redone,
-    and collections it wrote itself are never refused as "already holding data".
+    (``verify: checksums``, the default: checksums over the documents in ``_id``
+    order, by the server's ``dbHash`` where it has one, else by reading it back;
+    ``verify: counts``: counts only). ``parallel_collections`` (default 4, as
+    mongorestore) collections are restored at once, each verified as soon as it is
+    in, while the others are still being restored; ``insertion_workers`` threads
+    insert into one collection (mongorestore's ``--numInsertionWorkersPerCollection``).
+    Interrupted (a crash, a kill, the server going away) it resumes collection by
+    collection: what an earlier attempt restored whole is kept, the collections it
+    had half-restored (every one in flight) are redone, and collections it wrote
+    itself are never refused as "already holding data".
 
     Outputs: ``restored`` (collection name -> documents), ``total``, ``verified``
-    (``counts+checksums``, or ``counts`` for a dump without manifest), ``dropped``,
-    ``left_alone``, ``indexes`` (name -> index names made), ``warnings``.
+    (``counts+checksums``, or ``counts`` for a dump without manifest or with
+    ``verify: counts``), ``verified_by`` (name -> ``dbHash``, ``read-back`` or
+    ``count``), ``dropped``, ``left_alone``, ``indexes`` (name -> index names made),
+    ``warnings``.
 
     Example:
         ```yaml
