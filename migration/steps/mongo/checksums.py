@@ -15,7 +15,7 @@ import struct
 from collections.abc import Iterator
 from typing import Any
 
-from bson import SON
+from bson import SON, Int64
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
@@ -71,7 +71,8 @@ def raw_batches(db: Database[Any], name: str) -> Iterator[bytes]:
     with db.client.start_session() as session:
         find = SON([("find", name), ("filter", {}), ("sort", {"_id": 1}), ("batchSize", READ_BATCH_DOCS)])
         cursor = db.command(find, codec_options=_RAW_ARRAY_BSON_OPTIONS, session=session)["cursor"]
-        batch, cursor_id = cursor["firstBatch"], int(cursor["id"])
+        # Int64 always: a server refuses a getMore whose id came back small enough for int32.
+        batch, cursor_id = cursor["firstBatch"], Int64(cursor["id"])
         try:
             while True:
                 if len(batch) > 5:  # an empty BSON array is 5 bytes
@@ -80,7 +81,7 @@ def raw_batches(db: Database[Any], name: str) -> Iterator[bytes]:
                     return
                 more = SON([("getMore", cursor_id), ("collection", name), ("batchSize", READ_BATCH_DOCS)])
                 cursor = db.command(more, codec_options=_RAW_ARRAY_BSON_OPTIONS, session=session)["cursor"]
-                batch, cursor_id = cursor["nextBatch"], int(cursor["id"])
+                batch, cursor_id = cursor["nextBatch"], Int64(cursor["id"])
         finally:
             if cursor_id:
                 with contextlib.suppress(PyMongoError):
