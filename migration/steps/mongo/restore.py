@@ -209,7 +209,7 @@ class MongoRestore(Step["MongoRestore.Params"]):
             verified_by: dict[str, str] = {}
             found: dict[str, int] = {}
             mismatched: dict[str, str] = {}
-            dbhash = params.verify == "checksums" and tool == "" and has_dbhash(db)
+            dbhash = params.verify == "checksums" and has_dbhash(db)
 
             def record() -> None:
                 # ``current``: one collection in flight (the first), ``partial``: the others

@@ -219,18 +219,18 @@ def verify_restored(
 
 
 # dbHash: MongoDB's MD5 over each collection's documents in _id order, computed by
-# the server. FerretDB 1.x answers CommandNotFound (59); others may not have it either.
-NO_DBHASH_CODES = {59, 115, 238}
+# the server. FerretDB 1.x answers CommandNotFound (59), mongos has none, and a user
+# may lack the privilege: then the collection is read back instead.
+DBHASH_PROBE = "migration_dbhash_probe_absent"
 
 
 def has_dbhash(db: Database[Any]) -> bool:
-    """Whether the server computes ``dbHash`` (one cheap call on no collections)."""
+    """Whether the server computes ``dbHash`` for us (one call naming an absent collection:
+    an empty list would mean every collection)."""
     try:
-        db.command(SON([("dbHash", 1), ("collections", [])]))
-    except OperationFailure as exc:
-        if exc.code in NO_DBHASH_CODES or exc.code is None:
-            return False
-        raise
+        db.command(SON([("dbHash", 1), ("collections", [DBHASH_PROBE])]))
+    except OperationFailure:
+        return False
     return True
 
 
