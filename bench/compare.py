@@ -76,11 +76,10 @@ def backup_and_restore(setup: Setup) -> list[Row]:
         say(f"compare: restore, repetition {k + 1}/{setup.repeat}")
         ours_r.add(run_child("restore", url=setup.url(TARGET), **{"from": kept}))
         ours_rc.add(run_child("restore", url=setup.url(TARGET), verify="counts", **{"from": kept}))
-        naive_r.add(
-            run_child(
-                "naive_restore", url=setup.url(TARGET), batch_size=cap, **{"from": str(dump_dir / SOURCE)}
-            )
-        )
+        files = str(dump_dir / SOURCE)
+        naive_r.add(run_child("naive_restore", url=setup.url(TARGET), batch_size=cap, **{"from": files}))
+        one = str(dump_dir / SOURCE / f"{COLLECTION}.bson")
+        bare.add(run_child("insert", url=setup.url(TARGET), file=one, batch_size=cap))
         if setup.tools.get("mongorestore"):
             args = {"from": str(dump_dir), "source_db": SOURCE, "target_db": TARGET}
             mrestore.add(run_child("mongorestore_db", url=setup.url(TARGET), **args))
