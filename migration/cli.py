@@ -12,13 +12,17 @@ import traceback
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
-from migration import commands, report
+from migration import commands, report, stores
 from migration.errors import MigrationError
 from migration.log import configure_logging, redactor
+from migration.run_document import checkpoint_status
+from migration.state import RunDoc, Status
+from migration.store_mongo.history import format_history
+from migration.stores import StoreChoice
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -28,6 +32,45 @@ state_dir_option = click.option(
     default=None,
     help="State directory (default ./state; env MIGRATION_STATE_DIR).",
 )
+state_url_option = click.option(
+    "--state-url",
+    default=None,
+    metavar="mongodb://HOST/DB",
+    help="Keep the state in MongoDB (env MIGRATION_STATE_URL, or the plan's state:); wins over --state-dir.",
+)
+lease_seconds_option = click.option(
+    "--lease-seconds",
+    type=float,
+    default=None,
+    help="Lease length with --state-url (default 30; env MIGRATION_LEASE_SECONDS).",
+)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"error: {redactor().text(message)}", err=True)
+    sys.exit(code)
+
+
+def store_options(fn: F) -> F:
+    """``--state-dir``, ``--state-url`` and ``--lease-seconds``, given to the command as ``store``."""
+
+    @wraps(fn)
+    def wrapper(
+        *args: Any,
+        state_dir: Path | None,
+        state_url: str | None,
+        lease_seconds: float | None,
+        **kwargs: Any,
+    ) -> Any:
+        try:
+            store = stores.choose(state_dir, state_url, lease_seconds)
+        except MigrationError as exc:  # applied outside handle_errors on some commands
+            _fail(str(exc), exc.exit_code)
+        return fn(*args, store=store, **kwargs)
+
+    return state_dir_option(state_url_option(lease_seconds_option(wrapper)))  # type: ignore[return-value]
+
+
 log_format_option = click.option(
     "--log-format",
     type=click.Choice(["auto", "console", "json"]),
@@ -35,11 +78,24 @@ log_format_option = click.option(
     show_default=True,
     help="Console on a terminal, JSON lines otherwise.",
 )
+var_option = click.option(
+    "--var", "var_pairs", multiple=True, metavar="K=V", help="Override a plan variable (repeatable)."
+)
+env_file_option = click.option("--env-file", default=None, help="Load environment variables from this file.")
+yes_option = click.option("--yes", "assume_yes", is_flag=True, help="Pass confirm gates without a terminal.")
+allow_plan_change_option = click.option(
+    "--allow-plan-change", is_flag=True, help="Resume although the plan file changed."
+)
 
 
-def _fail(message: str, code: int) -> None:
-    click.echo(f"error: {redactor().text(message)}", err=True)
-    sys.exit(code)
+def plan_inputs(fn: F) -> F:
+    """The options that feed a plan: ``--var`` and ``--env-file``."""
+    return var_option(env_file_option(fn))
+
+
+def run_options(fn: F) -> F:
+    """The options of every command that runs steps (run, resume, rollback)."""
+    return store_options(plan_inputs(yes_option(fn)))
 
 
 def handle_errors(fn: F) -> F:
@@ -67,23 +123,19 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _state_dir(value: Path | None) -> Path:
-    return value if value is not None else commands.default_state_dir()
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="migration")
 def main() -> None:
     """Run production database migrations as checkpointed, resumable plans."""
 
 
-def _print_summary(state: dict[str, Any]) -> None:
+def _print_summary(state: RunDoc) -> None:
     lines = [f"run {state['run_id']}: {state['status']}"]
     for phase in state.get("phases", []):
-        cp = (phase.get("checkpoint") or {}).get("status")
+        cp = checkpoint_status(phase)
         lines.append(
             f"  {phase['id']:<24} {phase['status']:<10}"
-            + (f" checkpoint {cp}" if cp not in (None, "none", "pending") else "")
+            + (f" checkpoint {cp}" if cp not in (None, Status.NONE, Status.PENDING) else "")
         )
         for st in phase.get("steps", []):
             lines.append(f"    {st['id']:<22} {st['status']:<10} {report.fmt_seconds(st.get('duration_s'))}")
@@ -96,22 +148,21 @@ def _print_summary(state: dict[str, Any]) -> None:
 @main.command()
 @click.argument("plan")
 @click.option("--dry-run", is_flag=True, help="Show what would run; change and write nothing.")
-@state_dir_option
-@click.option("--var", "var_pairs", multiple=True, metavar="K=V", help="Override a plan variable.")
-@click.option("--env-file", default=None, help="Load environment variables from this file.")
-@click.option("--yes", "assume_yes", is_flag=True, help="Pass confirm gates without a terminal.")
+@run_options
 @click.option("--fresh", is_flag=True, help="Start a new run (the old one must be finished or abandoned).")
-@click.option("--allow-plan-change", is_flag=True, help="Resume although the plan file changed.")
+@click.option("--again", is_flag=True, help="Run a run_once plan again where it already succeeded.")
+@allow_plan_change_option
 @log_format_option
 @handle_errors
 def run(
     plan: str,
     dry_run: bool,
-    state_dir: Path | None,
+    store: StoreChoice,
     var_pairs: tuple[str, ...],
     env_file: str | None,
     assume_yes: bool,
     fresh: bool,
+    again: bool,
     allow_plan_change: bool,
     log_format: str,
 ) -> None:
@@ -119,7 +170,8 @@ def run(
     fmt = configure_logging(log_format)
     request = commands.RunRequest(
         plan_path=plan,
-        state_dir=_state_dir(state_dir),
+        store=store,
+        again=again,
         var_pairs=var_pairs,
         env_file=env_file,
         dry_run=dry_run,
@@ -139,16 +191,13 @@ def run(
 
 @main.command()
 @click.argument("plan")
-@state_dir_option
-@click.option("--var", "var_pairs", multiple=True, metavar="K=V")
-@click.option("--env-file", default=None)
-@click.option("--yes", "assume_yes", is_flag=True)
-@click.option("--allow-plan-change", is_flag=True)
+@run_options
+@allow_plan_change_option
 @log_format_option
 @handle_errors
 def resume(
     plan: str,
-    state_dir: Path | None,
+    store: StoreChoice,
     var_pairs: tuple[str, ...],
     env_file: str | None,
     assume_yes: bool,
@@ -159,7 +208,7 @@ def resume(
     fmt = configure_logging(log_format)
     request = commands.RunRequest(
         plan_path=plan,
-        state_dir=_state_dir(state_dir),
+        store=store,
         var_pairs=var_pairs,
         env_file=env_file,
         assume_yes=assume_yes,
@@ -175,12 +224,12 @@ def resume(
 @main.command()
 @click.argument("plan", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@state_dir_option
 @handle_errors
-def status(plan: str | None, as_json: bool, state_dir: Path | None) -> None:
+@store_options
+def status(plan: str | None, as_json: bool, store: StoreChoice) -> None:
     """Show the latest run of PLAN (or of every plan)."""
     configure_logging("auto")
-    rows = commands.status(plan, _state_dir(state_dir))
+    rows = commands.status(plan, store)
     if as_json:
         click.echo(json.dumps(rows[0] if plan and rows else rows, indent=2, default=str))
     else:
@@ -189,8 +238,7 @@ def status(plan: str | None, as_json: bool, state_dir: Path | None) -> None:
 
 @main.command()
 @click.argument("plan")
-@click.option("--var", "var_pairs", multiple=True, metavar="K=V")
-@click.option("--env-file", default=None)
+@plan_inputs
 @handle_errors
 def validate(plan: str, var_pairs: tuple[str, ...], env_file: str | None) -> None:
     """Check PLAN statically: no connections, nothing run."""
@@ -203,15 +251,12 @@ def validate(plan: str, var_pairs: tuple[str, ...], env_file: str | None) -> Non
 
 @main.command()
 @click.argument("plan")
-@state_dir_option
-@click.option("--var", "var_pairs", multiple=True, metavar="K=V")
-@click.option("--env-file", default=None)
-@click.option("--yes", "assume_yes", is_flag=True)
+@run_options
 @log_format_option
 @handle_errors
 def rollback(
     plan: str,
-    state_dir: Path | None,
+    store: StoreChoice,
     var_pairs: tuple[str, ...],
     env_file: str | None,
     assume_yes: bool,
@@ -221,7 +266,7 @@ def rollback(
     fmt = configure_logging(log_format)
     request = commands.RunRequest(
         plan_path=plan,
-        state_dir=_state_dir(state_dir),
+        store=store,
         var_pairs=var_pairs,
         env_file=env_file,
         assume_yes=assume_yes,
@@ -233,12 +278,12 @@ def rollback(
 
 @main.command()
 @click.argument("plan")
-@state_dir_option
 @handle_errors
-def abandon(plan: str, state_dir: Path | None) -> None:
+@store_options
+def abandon(plan: str, store: StoreChoice) -> None:
     """Mark PLAN's unfinished run abandoned (undoes nothing) so a new run can start."""
     configure_logging("auto")
-    state = commands.abandon(plan, _state_dir(state_dir))
+    state = commands.abandon(plan, store)
     click.echo(
         f"run {state['run_id']} abandoned (was {state['abandoned_from']}); "
         f"the next `migration run` starts a new run",
@@ -264,11 +309,26 @@ def schema() -> None:
 @click.argument("plan")
 @click.option("--format", "fmt", type=click.Choice(["md", "html"]), default="md", show_default=True)
 @click.option("--run", "run_id", default=None, help="A run id (default: the latest run).")
-@state_dir_option
 @handle_errors
-def report_command(plan: str, fmt: str, run_id: str | None, state_dir: Path | None) -> None:
+@store_options
+def report_command(plan: str, fmt: str, run_id: str | None, store: StoreChoice) -> None:
     """Print a report of PLAN's latest run (or --run RUN_ID)."""
-    click.echo(commands.make_report(plan, fmt, run_id, _state_dir(state_dir)), nl=False)
+    click.echo(commands.make_report(plan, fmt, run_id, store), nl=False)
+
+
+@main.command()
+@click.argument("plan", required=False)
+@click.option("--json", "as_json", is_flag=True, help="A JSON list of runs.")
+@handle_errors
+@store_options
+def history(plan: str | None, as_json: bool, store: StoreChoice) -> None:
+    """List every run of every plan in the store (or of PLAN): hosts, operator, times, status."""
+    configure_logging("auto")
+    rows = commands.history(store, plan)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+    else:
+        click.echo(format_history(rows), nl=False)
 
 
 if __name__ == "__main__":

@@ -15,44 +15,45 @@ from typing import Any
 import structlog
 import yaml
 
-from migration import report
-from migration.context import (
-    TemplateContext,
-    build_env,
-    missing_env,
-    parse_var_overrides,
-    render_vars,
-)
+from migration import report, stores
+from migration.context import PLACEHOLDER_RUN_ID, RunInputs, TemplateContext, check_vars, prepare, run_context
 from migration.errors import (
-    Interrupted,
     MigrationError,
     PlanError,
     RollbackFailed,
-    RolledBack,
     StateError,
-    StepFailed,
     UsageError,
 )
 from migration.log import redactor
-from migration.plan.loader import LoadedPlan, load_plan
+from migration.machine import run_lifecycle
+from migration.outcomes import outcome
+from migration.plan import templates
 from migration.plan.model import Plan
 from migration.preview import Previewer
-from migration.run_document import new_state, reconcile
+from migration.run_document import failure_message, new_state, reconcile
 from migration.runner import Runner, RunOptions, interactive_stdin
-from migration.state import FINISHED, StateStore, new_run_id, now_iso
+from migration.state import (
+    FINISHED,
+    RunDoc,
+    StateBackend,
+    Status,
+    host_name,
+    new_run_id,
+    now_iso,
+    operator_name,
+)
+from migration.steps.base import StopFlag
 from migration.steps.registry import step_types
+from migration.stores import StoreChoice, default_state_dir
+from migration.summary import format_status, summarize
 
 log = structlog.get_logger("migration")
-
-
-def default_state_dir() -> Path:
-    return Path(os.environ.get("MIGRATION_STATE_DIR") or "state")
 
 
 @dataclass
 class RunRequest:
     plan_path: str
-    state_dir: Path = field(default_factory=default_state_dir)
+    store: StoreChoice = field(default_factory=stores.choose)
     var_pairs: tuple[str, ...] = ()
     env_file: str | None = None
     dry_run: bool = False
@@ -60,103 +61,63 @@ class RunRequest:
     fresh: bool = False
     allow_plan_change: bool = False
     resume_only: bool = False
+    again: bool = False
     show_progress_bars: bool = False
     workdir: Path = field(default_factory=Path.cwd)
 
 
-@dataclass
-class Prepared:
-    loaded: LoadedPlan
-    env: dict[str, str]
-    vars: dict[str, Any]
-    overrides: dict[str, Any]
-    warnings: list[str]
-
-
-def _prepare(
-    plan_path: str, var_pairs: tuple[str, ...], env_file: str | None, workdir: Path, strict_env: bool
-) -> Prepared:
-    overrides = parse_var_overrides(var_pairs)
-    loaded = load_plan(plan_path, overrides)
-    warnings: list[str] = []
-    env = build_env(loaded, workdir, env_file, warnings)
-    missing = missing_env(loaded, env)
-    if missing and strict_env:
-        raise UsageError(missing[0] + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    warnings.extend(missing)
-    redact = redactor()
-    redact.add_env(env)
-    redact.learn(overrides)
-    # A variable named like a secret (--var db_password=...) is one, as in the environment.
-    redact.add_env({k: v for k, v in overrides.items() if isinstance(v, str)})
-    run_info = {
-        "id": "<run-id>",
-        "started_at": now_iso(),
-        "plan": loaded.plan.name,
-        "plan_name": loaded.plan.name,
-    }
-    if missing:
-        return Prepared(loaded, env, {}, overrides, warnings)
-    vars_ = render_vars(loaded, overrides, env, run_info)
-    redact.learn(vars_)
-    redact.add_env({k: v for k, v in vars_.items() if isinstance(v, str)})
-    return Prepared(loaded, env, vars_, overrides, warnings)
+def _prepare(request: RunRequest, *, strict_env: bool) -> RunInputs:
+    inputs = prepare(
+        request.plan_path,
+        request.var_pairs,
+        request.env_file,
+        request.workdir,
+        redactor(),
+        strict_env=strict_env,
+    )
+    for w in inputs.warnings:
+        log.warning(w)
+    return inputs
 
 
 def validate(plan_path: str, var_pairs: tuple[str, ...] = (), env_file: str | None = None) -> list[str]:
     """Static check, no connections. Returns warnings (e.g. a missing env variable)."""
-    prepared = _prepare(plan_path, var_pairs, env_file, Path.cwd(), strict_env=False)
-    return prepared.warnings
+    inputs = prepare(plan_path, var_pairs, env_file, Path.cwd(), redactor(), strict_env=False)
+    run_context(inputs, PLACEHOLDER_RUN_ID, now_iso(), redactor())  # vars must render
+    return inputs.warnings
 
 
 def dry_run(request: RunRequest) -> tuple[str, int]:
-    prepared = _prepare(
-        request.plan_path, request.var_pairs, request.env_file, request.workdir, strict_env=True
-    )
-    for w in prepared.warnings:
-        log.warning(w)
-    context = TemplateContext(
-        vars=prepared.vars,
-        env=prepared.env,
-        run={
-            "id": "<dry-run>",
-            "started_at": now_iso(),
-            "plan": prepared.loaded.plan.name,
-            "plan_name": prepared.loaded.plan.name,
-        },
-    )
-    previewer = Previewer(prepared.loaded, context, request.workdir, redactor(), request.assume_yes)
+    inputs = _prepare(request, strict_env=True)
+    context = run_context(inputs, PLACEHOLDER_RUN_ID, now_iso(), redactor())
+    previewer = Previewer(inputs.loaded, context, request.workdir, redactor(), request.assume_yes)
     text = previewer.render()
     return text, 1 if previewer.problems else 0
 
 
-def _resume_message(state: dict[str, Any], plan_path: str) -> str:
-    return f"run {state['run_id']} of {state['plan_name']}; resume it with: migration run {plan_path}"
-
-
-def run(request: RunRequest) -> dict[str, Any]:
+def run(request: RunRequest) -> RunDoc:
     """Run a plan, or resume its unfinished run. Returns the final state (succeeded);
     raises the outcome's MigrationError otherwise."""
-    prepared = _prepare(
-        request.plan_path, request.var_pairs, request.env_file, request.workdir, strict_env=True
-    )
-    for w in prepared.warnings:
-        log.warning(w)
-    loaded = prepared.loaded
-    store = _acquire(request.state_dir, loaded.plan.name)
+    inputs = _prepare(request, strict_env=True)
+    check_vars(inputs)
+    loaded = inputs.loaded
+    choice = request.store.with_plan_state(loaded.plan.state, inputs.env)
+    target = plan_target(inputs)
+    watch = LeaseWatch()
+    store = _acquire(choice, loaded.plan.name, target=target, watch=watch)
     try:
         current = store.load_current()
-        state: dict[str, Any]
+        state: RunDoc
         if current is not None and current["status"] not in FINISHED:
             if request.fresh:
                 raise UsageError(
                     f"run {current['run_id']} is unfinished ({current['status']}); --fresh starts a new run "
                     f"only after it is abandoned: migration abandon {request.plan_path}"
                 )
-            if current["status"] == "rollback_failed":
+            if current["status"] == Status.ROLLBACK_FAILED:
                 raise RollbackFailed(
                     f"run {current['run_id']}: the rollback failed and needs an operator "
-                    f"({(current.get('rollback') or {}).get('error')}). Fix the cause, then retry the "
+                    f"({current['rollback'].get('error')}). Fix the cause, then retry the "
                     f"remaining rollback steps with: migration rollback {request.plan_path}; or, after "
                     f"repairing by hand: migration abandon {request.plan_path}"
                 )
@@ -172,102 +133,130 @@ def run(request: RunRequest) -> dict[str, Any]:
                 )
                 current["plan_digest"] = loaded.digest
             reconcile(current, loaded)
+            note_holder(current)
             state = current
+            # vars are rendered again on resume: they are not stored (they may hold env values)
+            context = run_context(inputs, state["run_id"], state["started_at"], redactor())
             log.info("resuming", run_id=state["run_id"], status=state["status"])
         else:
             if request.resume_only:
                 raise UsageError(f"no unfinished run of plan {loaded.plan.name} to resume")
-            state = new_state(loaded, new_run_id(), request.workdir, list(prepared.overrides))
+            _check_run_once(choice, loaded.plan, target, request)
+            run_id, started_at = new_run_id(), now_iso()
+            context = run_context(inputs, run_id, started_at, redactor())  # before the run exists
+            state = new_state(loaded, run_id, started_at, request.workdir, list(inputs.overrides))
+            state["target"] = target
+            state["operator"] = operator_name()
+            note_holder(state)
             store.save(state)
             store.set_current(state["run_id"])
             log.info("new run", run_id=state["run_id"], plan=loaded.plan.name)
-        runner = Runner(loaded, store, state, _options(request, prepared), redactor())
+        runner = Runner(loaded.plan, store, state, context, _options(request), redactor())
+        watch.flag = runner.stop_flag
+        runner.check_other_hosts()
         with runner.signals():
             runner.execute()
-        return _outcome(runner.state, request.plan_path, loaded.plan.on_failure)
+        return outcome(runner.state, request.plan_path, loaded.plan.on_failure)
     finally:
-        store.release()
+        store.close()
 
 
-def _acquire(state_dir: Path, plan_name: str) -> StateStore:
-    """Lock the plan; a lock left by a dead process is taken over, and we say so."""
-    store = StateStore(state_dir, plan_name, redactor())
-    store.acquire()
-    previous = store.lock.previous_owner
-    if previous:
-        log.warning(
-            f"previous run, pid {previous.get('pid')} on host {previous.get('host')}, died; resuming",
-            lock=str(store.lock.path),
-        )
+class LeaseWatch:
+    """Stops the run (its stop flag) when the renewal thread finds the lease taken over;
+    the run then ends at its next write with the LeaseLost message (exit 5)."""
+
+    def __init__(self) -> None:
+        self.flag: StopFlag | None = None
+
+    def __call__(self, lost: Exception) -> None:
+        if self.flag is not None:
+            self.flag.set("the loss of the lease")
+
+
+def _acquire(
+    choice: StoreChoice, plan_name: str, *, target: str | None = None, watch: LeaseWatch | None = None
+) -> StateBackend:
+    """Lock the plan; a lock or lease left by a dead process is taken over, and we say so."""
+    store = stores.open_store(choice, plan_name, redactor(), target=target, on_lease_lost=watch)
+    try:
+        store.acquire()
+    except BaseException:
+        store.close()
+        raise
+    message = store.lock.takeover_message()
+    if message:
+        log.warning(message, lock=str(store.lock.path))
     return store
 
 
-def _options(request: RunRequest, prepared: Prepared) -> RunOptions:
+def note_holder(state: RunDoc) -> None:
+    """Record this host as the run's latest holder (``hosts``, in order, for the history)."""
+    hosts = [h for h in state.get("hosts") or [] if isinstance(h, str)]
+    here = host_name()
+    if not hosts or hosts[-1] != here:
+        hosts.append(here)
+    state["hosts"] = hosts
+
+
+def plan_target(inputs: RunInputs) -> str | None:
+    """The database the plan migrates (no credentials): the first step ``uri`` that renders
+    from ``vars`` and ``env`` alone, for the history and ``run_once``."""
+    context: TemplateContext = run_context(inputs, PLACEHOLDER_RUN_ID, "", redactor())
+    for spec in inputs.loaded.plan.all_steps():
+        uri = spec.with_.get("uri")
+        if not isinstance(uri, str):
+            continue
+        try:
+            value = templates.render_value(uri, context.as_dict())
+        except templates.TemplateError:
+            continue
+        if isinstance(value, str) and "://" in value:
+            return stores.target_of([value])
+    return None
+
+
+def _check_run_once(choice: StoreChoice, plan: Plan, target: str | None, request: RunRequest) -> None:
+    """Say so before a plan runs again where it already succeeded; ``run_once`` refuses."""
+    done = stores.last_success(choice, plan.name, target)
+    if done is None:
+        return
+    where = " > ".join(done.get("hosts") or []) or "an unknown host"
+    what = (
+        f"plan {plan.name} already succeeded against {target or 'its target'}: run {done['run_id']} "
+        f"on host {where}, finished {done.get('finished_at')}"
+    )
+    if plan.run_once and not request.again:
+        raise UsageError(f"{what}; the plan says run_once: true. Run it again only on purpose, with --again")
+    log.warning(f"{what}; running it again")
+
+
+def _options(request: RunRequest) -> RunOptions:
     return RunOptions(
         workdir=request.workdir,
-        env=prepared.env,
-        vars=prepared.vars,
         assume_yes=request.assume_yes,
         interactive=interactive_stdin(),
         show_progress_bars=request.show_progress_bars,
     )
 
 
-def _outcome(state: dict[str, Any], plan_path: str, on_failure: str = "stop") -> dict[str, Any]:
-    status = state["status"]
-    error = (state.get("error") or {}).get("message", "")
-    if status == "succeeded":
-        return state
-    if status == "interrupted":
-        raise Interrupted(f"interrupted; {_resume_message(state, plan_path)}")
-    if status == "failed":
-        if on_failure == "rollback":
-            raise StepFailed(
-                f"{error}. Nothing was undone: the plan has no rollback for the phases that ran. Fix the "
-                f"cause and resume from the failed step with: migration run {plan_path}"
-            )
-        raise StepFailed(
-            f"{error}. The run stopped (on_failure: stop). Fix the cause and resume from the failed "
-            f"step with: migration run {plan_path}; or undo with: migration rollback {plan_path}"
-        )
-    if status == "rolled_back":
-        rb = state.get("rollback") or {}
-        skipped = [s for s in rb.get("steps", []) if s["status"] == "skipped"]
-        note = "; ".join(f"{s['id']}: {s.get('reason')}" for s in skipped)
-        raise RolledBack(
-            f"{error or rb.get('reason')}. Rollback completed ({len(rb.get('steps', []))} step(s))"
-            + (f"; skipped {note}" if note else "")
-        )
-    if status == "rollback_failed":
-        rb = state.get("rollback") or {}
-        raise RollbackFailed(
-            f"ROLLBACK FAILED - manual intervention needed. Original failure: {error or rb.get('reason')}. "
-            f"Rollback: {rb.get('error')}. "
-            f"Rollback steps done: {', '.join(rb.get('done') or []) or 'none'}; "
-            f"not done: {', '.join(rb.get('remaining') or []) or 'none'}. "
-            "The system may be half rolled back: "
-            f"check it, fix the cause, then retry the remaining steps with: migration rollback {plan_path}"
-        )
-    raise StateError(f"run ended in unexpected state {status}")
-
-
-def rollback(request: RunRequest) -> dict[str, Any]:
+def rollback(request: RunRequest) -> RunDoc:
     """Run (or finish) the rollback of the plan's latest run."""
-    prepared = _prepare(
-        request.plan_path, request.var_pairs, request.env_file, request.workdir, strict_env=True
+    inputs = prepare(
+        request.plan_path, request.var_pairs, request.env_file, request.workdir, redactor(), strict_env=True
     )
-    loaded = prepared.loaded
-    store = _acquire(request.state_dir, loaded.plan.name)
+    check_vars(inputs)
+    loaded = inputs.loaded
+    choice = request.store.with_plan_state(loaded.plan.state, inputs.env)
+    watch = LeaseWatch()
+    store = _acquire(choice, loaded.plan.name, target=plan_target(inputs), watch=watch)
     try:
         state = store.load_current()
         if state is None:
-            raise UsageError(
-                f"plan {loaded.plan.name} has no run to roll back (state dir {request.state_dir})"
-            )
-        if state["status"] == "rolled_back":
+            raise UsageError(f"plan {loaded.plan.name} has no run to roll back (state in {choice.where})")
+        if state["status"] == Status.ROLLED_BACK:
             log.info("already rolled back", run_id=state["run_id"])
             return state
-        if state["status"] == "abandoned":
+        if state["status"] == Status.ABANDONED:
             raise UsageError(f"run {state['run_id']} was abandoned; nothing to roll back")
         plan = loaded.plan
         if isinstance(plan.rollback, list) and not plan.rollback and not any(p.rollback for p in plan.phases):
@@ -275,27 +264,31 @@ def rollback(request: RunRequest) -> dict[str, Any]:
                 f"plan {plan.name} defines no rollback (no rollback: and no phase rollbacks); "
                 "nothing can be undone automatically"
             )
-        if state["status"] == "rolling_back" or state.get("interrupted_from") == "rolling_back":
+        if state["status"] == Status.ROLLING_BACK or state.get("interrupted_from") == Status.ROLLING_BACK:
             pass
-        elif state["status"] == "running":
-            state["status"] = "interrupted"
+        elif state["status"] == Status.RUNNING:
+            state["status"] = Status.INTERRUPTED
         reconcile(state, loaded)
-        runner = Runner(loaded, store, state, _options(request, prepared), redactor())
-        reason = (state.get("error") or {}).get("message") or "rollback requested by operator"
+        note_holder(state)
+        context = run_context(inputs, state["run_id"], state["started_at"], redactor())
+        runner = Runner(loaded.plan, store, state, context, _options(request), redactor())
+        watch.flag = runner.stop_flag
+        runner.check_other_hosts(rollback=True)
+        reason = failure_message(state) or "rollback requested by operator"
         with runner.signals():
             runner.rollback(reason)
         final = runner.state
-        if final["status"] == "rolled_back":
+        if final["status"] == Status.ROLLED_BACK:
             return final
-        return _outcome(final, request.plan_path)
+        return outcome(final, request.plan_path)
     finally:
-        store.release()
+        store.close()
 
 
-def abandon(plan_path: str, state_dir: Path) -> dict[str, Any]:
+def abandon(plan_path: str, choice: StoreChoice) -> dict[str, Any]:
     """Mark the unfinished latest run abandoned so a new run can start (nothing is undone)."""
-    name = plan_name_of(plan_path)
-    store = _acquire(state_dir, name)
+    name, choice = _plan_store(plan_path, choice)
+    store = _acquire(choice, name)
     try:
         run_id = store.current_run_id()
         try:
@@ -312,18 +305,23 @@ def abandon(plan_path: str, state_dir: Path) -> dict[str, Any]:
         if state is None or state["status"] in FINISHED:
             raise UsageError(f"plan {name} has no unfinished run to abandon")
         before = state["status"]
-        state["status"] = "abandoned"
+        lifecycle = run_lifecycle(before)
+        lifecycle.fire("abandon")
+        state["status"] = lifecycle.state
         state["abandoned_from"] = before
         state["finished_at"] = now_iso()
         store.save(state)
-        store.open_events(state["run_id"]).emit("run", transition="abandon", source=before, dest="abandoned")
-        return state
+        store.open_events(state["run_id"]).emit(
+            "run", transition="abandon", source=before, dest=Status.ABANDONED
+        )
+        return dict(state)
     finally:
-        store.release()
+        store.close()
 
 
-def plan_name_of(plan: str) -> str:
-    """The plan's name from its file (leniently: status must work on a broken plan), or ``plan`` itself."""
+def _plan_head(plan: str) -> tuple[str, str | None]:
+    """The plan's name and ``state:`` from its file (leniently: status must work on a broken
+    plan), or ``plan`` itself as a name."""
     path = Path(plan)
     if path.is_file():
         try:
@@ -331,96 +329,68 @@ def plan_name_of(plan: str) -> str:
         except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
             raise PlanError(f"cannot read plan name: {exc}", file=plan) from exc
         if isinstance(data, dict) and isinstance(data.get("name"), str):
-            return data["name"]
+            state = data.get("state")
+            return data["name"], state if isinstance(state, str) else None
         raise PlanError("plan has no name", file=plan)
     if "/" in plan or plan.endswith((".yaml", ".yml")):
         raise PlanError("plan file not found", file=plan)
-    return plan
+    return plan, None
 
 
-def _summary(state: dict[str, Any], store: StateStore | None = None) -> dict[str, Any]:
-    steps = [s for p in state.get("phases", []) for s in p.get("steps", [])]
-    counts: dict[str, int] = {}
-    for s in steps:
-        counts[s["status"]] = counts.get(s["status"], 0) + 1
-    current = next((s["id"] for s in steps if s["status"] in ("running", "interrupted", "failed")), None)
-    return {
-        "plan_name": state.get("plan_name"),
-        "run_id": state.get("run_id"),
-        "status": state.get("status"),
-        "started_at": state.get("started_at"),
-        "finished_at": state.get("finished_at"),
-        "needs_operator": state.get("needs_operator", False),
-        "error": (state.get("error") or {}).get("message"),
-        "steps": counts,
-        "current_step": current,
-        "rollback": (state.get("rollback") or {}).get("status"),
-        "downtime_s": (report.downtime(state) or {}).get("seconds"),
-        "phases": [
-            {"id": p["id"], "status": p["status"], "checkpoint": (p.get("checkpoint") or {}).get("status")}
-            for p in state.get("phases", [])
-        ],
-        # A run recorded as in progress whose process is gone died (or was SIGKILLed).
-        "process_alive": store.lock.is_held() if store and state.get("status") in _LIVE else None,
-    }
+def plan_name_of(plan: str) -> str:
+    """The plan's name from its file, or ``plan`` itself."""
+    return _plan_head(plan)[0]
 
 
-_LIVE = frozenset({"pending", "running", "rolling_back"})
+def _plan_store(plan: str, choice: StoreChoice) -> tuple[str, StoreChoice]:
+    name, plan_state = _plan_head(plan)
+    return name, choice.with_plan_state(plan_state, os.environ)
 
 
-def status(plan: str | None, state_dir: Path) -> list[dict[str, Any]]:
-    """Summaries of the latest run of one plan, or of every plan in the state directory."""
-    names = (
-        [plan_name_of(plan)]
-        if plan
-        else sorted(p.name for p in state_dir.glob("*") if p.is_dir() and (p / "current").exists())
-        if state_dir.exists()
-        else []
-    )
+def status(plan: str | None, choice: StoreChoice) -> list[dict[str, Any]]:
+    """Summaries of the latest run of one plan, or of every plan in the store."""
+    if plan:
+        name, choice = _plan_store(plan, choice)
+        names = [name]
+    else:
+        names = stores.plan_names(choice)
     out = []
     for name in names:
-        store = StateStore(state_dir, name)
-        state = store.load_current()
-        if state is None:
-            if plan:
-                raise UsageError(f"plan {name} has no runs in {state_dir}")
-            continue
-        out.append(_summary(state, store))
+        store = stores.open_store(choice, name)
+        try:
+            state = store.load_current()
+            if state is None:
+                if plan:
+                    raise UsageError(f"plan {name} has no runs in {choice.where}")
+                continue
+            out.append(summarize(state, store))
+        finally:
+            store.close()
     return out
 
 
-def format_status(rows: list[dict[str, Any]]) -> str:
-    if not rows:
-        return "no runs\n"
-    lines = []
-    for r in rows:
-        steps = ", ".join(f"{n} {k}" for k, n in sorted(r["steps"].items()))
-        lines.append(f"{r['plan_name']}: {r['status']} (run {r['run_id']}, started {r['started_at']})")
-        if r.get("process_alive") is False:
-            lines.append("  its process is gone (it died): `migration run` resumes it")
-        lines.append(f"  steps: {steps}")
-        if r["current_step"]:
-            lines.append(f"  at step: {r['current_step']}")
-        if r["error"]:
-            lines.append(f"  failure: {r['error']}")
-        if r["rollback"]:
-            lines.append(f"  rollback: {r['rollback']}")
-        if r["needs_operator"]:
-            lines.append("  NEEDS AN OPERATOR: the rollback did not complete")
-    return "\n".join(lines) + "\n"
-
-
-def make_report(plan: str, fmt: str, run_id: str | None, state_dir: Path) -> str:
-    name = plan_name_of(plan)
-    store = StateStore(state_dir, name)
-    runs = store.list_runs()
-    if run_id and run_id not in runs:
-        known = ", ".join(runs) or "none"
-        raise UsageError(f"plan {name} has no run {run_id} in {state_dir} (runs: {known})")
-    state = store.load(run_id) if run_id else store.load_current()
+def make_report(plan: str, fmt: str, run_id: str | None, choice: StoreChoice) -> str:
+    name, choice = _plan_store(plan, choice)
+    store = stores.open_store(choice, name)
+    try:
+        runs = store.list_runs()
+        if run_id and run_id not in runs:
+            known = ", ".join(runs) or "none"
+            raise UsageError(f"plan {name} has no run {run_id} in {choice.where} (runs: {known})")
+        state = store.load(run_id) if run_id else store.load_current()
+    finally:
+        store.close()
     if state is None:
-        raise UsageError(f"plan {name} has no runs in {state_dir}")
+        raise UsageError(f"plan {name} has no runs in {choice.where}")
     return report.html_report(state) if fmt == "html" else report.markdown(state)
+
+
+def history(choice: StoreChoice, plan: str | None = None) -> list[dict[str, Any]]:
+    """Every run of every plan in the store (or of ``plan``), oldest first."""
+    name = _plan_store(plan, choice)[0] if plan else None
+    if plan:
+        choice = _plan_store(plan, choice)[1]
+    return stores.history(choice, name)
 
 
 def list_steps() -> str:
@@ -468,8 +438,10 @@ __all__ = [
     "MigrationError",
     "RunRequest",
     "abandon",
+    "default_state_dir",
     "dry_run",
     "format_status",
+    "history",
     "list_steps",
     "make_report",
     "rollback",

@@ -109,7 +109,7 @@ class InvalidDocument(Exception):
 
     The document is left as it is, counted as ``invalid`` and logged with the
     message as its reason; it is not an error (``max_errors`` does not apply).
-    Any exception class named ``InvalidValue`` is treated the same way.
+    Subclasses count too (the bank-details recipe's ``InvalidValue`` is one).
     """
 
     def __init__(self, reason: str = "") -> None:

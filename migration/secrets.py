@@ -21,12 +21,31 @@ SECRET_NAME = re.compile(r"PASSWORD|PASSWD|TOKEN|SECRET|KEY", re.IGNORECASE)
 _URL_PASSWORD = re.compile(
     r"(?<![a-zA-Z0-9+.-])(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)(?P<pw>[^@/\s]+)(?=@)"
 )
-_AUTH_HEADER = re.compile(r"(?i)(authorization\s*[:=]\s*)(\S+(?:\s+\S+)?)")
+# The credentials of an ``Authorization`` header written out as text (``curl -H
+# 'Authorization: Bearer ...'``, a dumped header dict, a tool's debug output): the
+# scheme stays readable, the rest of the value up to a quote, comma or line end is
+# masked, known or not. The classes exclude the separators, so matching is linear.
+_AUTH_HEADER = re.compile(
+    r"(?i)(?P<head>\bauthorization[\"']?[ \t]*[:=][ \t]*[\"']?"
+    r"(?:(?:bearer|basic|token|digest|negotiate|ntlm|apikey)[ \t]+)?)"
+    r"(?P<cred>[^\s\"'\\,;*][^\s\"'\\,;]*(?:[ \t]+[^\s\"'\\,;]+)*)"
+)
+# A bearer token on its own (RFC 6750 b64token), e.g. ``token_type=Bearer abc...``.
+_BEARER_TOKEN = re.compile(r"\bBearer[ \t]+(?P<cred>[A-Za-z0-9\-._~+/]{8,}=*)")
 
 
 def mask_url(url: str) -> str:
     """Return ``url`` with the password of its userinfo replaced by ``***``."""
     return _URL_PASSWORD.sub(lambda m: m.group("head") + MASK, url)
+
+
+def mask_authorization(text: str) -> str:
+    """Return ``text`` with Authorization header credentials and bearer tokens replaced by ``***``."""
+    if "uthorization" in text or "UTHORIZATION" in text:
+        text = _AUTH_HEADER.sub(lambda m: m.group("head") + MASK, text)
+    if "Bearer" in text:
+        text = _BEARER_TOKEN.sub("Bearer " + MASK, text)
+    return text
 
 
 def is_secret_name(name: str) -> bool:
@@ -77,15 +96,10 @@ class Redactor:
             for v in value:
                 self.learn(v)
 
-    @property
-    def secrets(self) -> frozenset[str]:
-        return frozenset(self._secrets)
-
     def text(self, value: str) -> str:
         if self._pattern is not None:
             value = self._pattern.sub(MASK, value)
-        value = mask_url(value)
-        return value
+        return mask_authorization(mask_url(value))
 
     def __call__(self, value: Any) -> Any:
         """Redact strings anywhere inside ``value`` (dicts, lists, tuples)."""

@@ -25,7 +25,7 @@ import pytest
 from helpers import assert_no_traceback, cli_env, migration, migration_batch, write_plan
 
 from migration.errors import PlanError
-from migration.plan import loader, templates
+from migration.plan import limits, templates, yaml_positions
 
 BAD_PLANS = Path(__file__).parent / "bad_plans"
 FILES = sorted(p.name for p in BAD_PLANS.glob("*.yaml"))
@@ -246,7 +246,7 @@ def test_outputs_not_known_in_a_dry_run_iterate_as_one_placeholder() -> None:
 
 def test_joining_an_endless_iterable_stops_at_the_limit() -> None:
     with pytest.raises(templates.LimitExceeded, match="joining would make"):
-        templates._joined(" ", itertools.repeat("x"))
+        limits.joined(" ", itertools.repeat("x"))
 
 
 # -- bounds on what a template may compute ---------------------------------------------------
@@ -327,7 +327,7 @@ def test_an_expression_may_not_give_a_value_too_big_to_copy() -> None:
 def test_per_item_work_of_filters_and_recursive_loops_counts_steps(
     monkeypatch: pytest.MonkeyPatch, template: str
 ) -> None:
-    monkeypatch.setattr(templates, "MAX_STEPS", 100_000)
+    monkeypatch.setattr(limits, "MAX_STEPS", 100_000)
     started = time.process_time()
     with pytest.raises(templates.TemplateError, match="loop iterations, calls and operations"):
         templates.render_string(template, CONTEXT)
@@ -335,7 +335,7 @@ def test_per_item_work_of_filters_and_recursive_loops_counts_steps(
 
 
 def test_the_cpu_limit_is_checked_between_any_two_steps(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(templates, "MAX_CPU_SECONDS", 0.05)
+    monkeypatch.setattr(limits, "MAX_CPU_SECONDS", 0.05)
     started = time.process_time()
     with pytest.raises(templates.TemplateError, match=r"more than 0\.05 s of CPU time"):
         templates.render_string("{{ ('x' * 8000000) | select('eq', 'y') | list | length }}", CONTEXT)
@@ -387,7 +387,7 @@ _YAML_BITS = [
 
 def _parsed(text: str) -> tuple[Any, ...]:
     try:
-        raw, positions = loader._parse_yaml(text, "plan.yaml")
+        raw, positions = yaml_positions.parse_yaml(text, "plan.yaml")
     except PlanError as exc:
         return ("error", str(exc))
     return (
@@ -398,7 +398,7 @@ def _parsed(text: str) -> tuple[Any, ...]:
     )
 
 
-@pytest.mark.skipif(loader._FAST_LOADER is None, reason="PyYAML without libyaml")
+@pytest.mark.skipif(yaml_positions._FAST_LOADER is None, reason="PyYAML without libyaml")
 def test_the_fast_yaml_loader_gives_what_the_python_loader_gives(monkeypatch: pytest.MonkeyPatch) -> None:
     sources = [(BAD_PLANS / name).read_text() for name in FILES]
     sources += [p.read_text() for p in sorted((BAD_PLANS.parent.parent / "plans").glob("*.yaml"))]
@@ -411,7 +411,7 @@ def test_the_fast_yaml_loader_gives_what_the_python_loader_gives(monkeypatch: py
             text = text[:at] + rng.choice(_YAML_BITS) + text[at + rng.choice([0, 0, 1, 2]) :]
         texts.append(text)
     fast = [_parsed(text) for text in texts]
-    monkeypatch.setattr(loader, "_FAST_LOADER", None)
+    monkeypatch.setattr(yaml_positions, "_FAST_LOADER", None)
     slow = [_parsed(text) for text in texts]
     for text, one, other in zip(texts, fast, slow, strict=True):
         assert one == other, text

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from helpers import assert_no_traceback, cli_env, load_state, migration, step_states, write_plan
 
+from migration.secrets import Redactor
+
 DB_PASSWORD = "S3cretDbPassw0rd"
 VAR_PASSWORD = "V4rOnlyPassw0rd"
 API_TOKEN = "tok-0123456789abcdef"
@@ -174,3 +176,93 @@ def test_state_is_private(tmp_path: Path) -> None:
     assert {p.suffix for p in files} >= {".json", ".jsonl"}
     for path in files:
         assert mode(path) == 0o600, f"{path} is {oct(mode(path))}"
+
+
+BEARER = "eyJhbGciOiJub25lIn0.bearer-only-in-a-var"
+
+BEARER_PLAN = """
+name: bearer-demo
+vars:
+  base: "@SERVER@"
+  bearer: set-with-var
+phases:
+  - id: call
+    steps:
+      - id: curl-like
+        uses: shell
+        continue_on_error: true
+        with:
+          command:
+            - sh
+            - -c
+            - >-
+              echo "GET /ok Authorization: Bearer $T";
+              echo "token_type=Bearer $T" >&2; exit 3
+          env: {T: "{{ vars.bearer }}"}
+      - id: api
+        uses: http.check
+        with:
+          url: "{{ vars.base }}/ok"
+          headers: {Authorization: "Bearer {{ vars.bearer }}"}
+    checkpoint:
+      - that: "steps.api.outputs.status == 200"
+"""
+
+
+def test_bearer_tokens_are_masked_in_logs_state_events_and_reports(tmp_path: Path, server: str) -> None:
+    # The token comes from --var and travels under a name (T) that does not look
+    # secret, and the shell step runs before the http.check step teaches the
+    # redactor its header: only the Authorization/Bearer shape can give it away.
+    write_plan(tmp_path / "plan.yaml", BEARER_PLAN.replace("@SERVER@", server))
+    args = ["--state-dir", "state", "--var", f"bearer={BEARER}"]
+    dry = migration(tmp_path, "run", "plan.yaml", *args, "--dry-run")
+    # The dry run shows plan variables and a shell step's env by value (their names
+    # do not look secret); the header built from the token must be masked.
+    assert dry.returncode == 0, dry.stderr
+    api_preview = dry.stdout.partition("step api (http.check)")[2]
+    assert "Authorization" in api_preview and BEARER not in api_preview
+    assert BEARER not in dry.stderr
+    results = [migration(tmp_path, "run", "plan.yaml", *args, "--log-format", "json")]
+    assert results[0].returncode == 0, results[0].stderr
+    for fmt in ("md", "html"):
+        results.append(migration(tmp_path, "report", "bearer-demo", "--format", fmt, "--state-dir", "state"))
+    results.append(migration(tmp_path, "status", "bearer-demo", "--json", "--state-dir", "state"))
+
+    assert f"Bearer {BEARER}" in _EchoAuth.seen  # the real header went out
+    for result in results:
+        assert_no_traceback(result)
+        assert BEARER not in result.stdout + result.stderr, result.args
+    files = list(_every_file(tmp_path / "state"))
+    assert any(p.name.endswith(".events.jsonl") for p in files)
+    for path in files:
+        assert BEARER not in path.read_text(errors="replace"), path
+
+    steps = step_states(load_state(tmp_path / "state", "bearer-demo"))
+    assert steps["api"]["status"] == "succeeded"
+    curl = steps["curl-like"]
+    assert curl["status"] == "failed"
+    # Masked by its shape, or (once the http.check header was learned) as a whole.
+    assert curl["outputs"]["stdout"] in ("GET /ok Authorization: Bearer ***", "GET /ok Authorization: ***")
+    assert curl["outputs"]["stderr"] in ("token_type=Bearer ***", "token_type=***")
+    assert "GET /ok Authorization: " in results[0].stderr, results[0].stderr  # the streamed line
+    assert "Bearer ***" in results[1].stdout  # the report shows where the token was
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        (
+            'curl -H "Authorization: Bearer abc.def-123" https://x',
+            'curl -H "Authorization: Bearer ***" https://x',
+        ),
+        ("authorization: Basic dXNlcjpwdw==", "authorization: Basic ***"),
+        ('{"Authorization": "Bearer tok123", "x": 1}', '{"Authorization": "Bearer ***", "x": 1}'),
+        ("Authorization: MyScheme tok more\nnext line", "Authorization: ***\nnext line"),
+        ("AUTHORIZATION=tok1234", "AUTHORIZATION=***"),
+        ("token_type=Bearer abcdefgh12345", "token_type=Bearer ***"),
+        ("authorization failed", "authorization failed"),
+        ("Bearer of bad news", "Bearer of bad news"),
+    ],
+)
+def test_authorization_values_are_masked_by_their_shape(text: str, masked: str) -> None:
+    assert Redactor().text(text) == masked

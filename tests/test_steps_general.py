@@ -24,8 +24,12 @@ from migration.steps import StepContext, get_step_type
 from migration.steps._subprocess import read_stat, run_command
 from migration.steps.gates import Confirm
 from migration.steps.http import HttpCheck, json_subset_mismatch
-from migration.steps.misc import Notify, Python, Require, Sleep, parse_size
+from migration.steps.notify import Notify
+from migration.steps.python_call import Python
+from migration.steps.require import Require
 from migration.steps.shell import Shell
+from migration.steps.sizes import parse_size
+from migration.steps.sleep import Sleep
 
 PY = sys.executable
 

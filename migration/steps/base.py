@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -81,6 +82,7 @@ class StepContext(Generic[P]):
         assume_yes: ``--yes`` was given (gates pass without a terminal).
         interactive: stdin is a terminal.
         redact: masks secrets in anything a step logs or returns.
+        failure: while rolling back, the failure that started the rollback.
     """
 
     step_id: str
@@ -100,6 +102,7 @@ class StepContext(Generic[P]):
     on_progress: Callable[[dict[str, Any]], None] | None = None
     show_progress_bar: bool = False
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    failure: str | None = None
 
     @property
     def log(self) -> Any:
@@ -208,11 +211,29 @@ class ProgressReporter:
             self._bar = None
 
 
+class Quoter(StrEnum):
+    """How a rendered value is quoted into a ``with:`` field (see :meth:`Step.field_quoters`).
+
+    Each ``{{ }}`` value is quoted where it stands, so it can never add syntax; a
+    template inside quotes (or a comment) of such a field is refused at load.
+    """
+
+    SHELL = "shell"
+    """:func:`shlex.quote`: ``O'Brien`` becomes ``'O'"'"'Brien'`` (a command run by a shell)."""
+    SQL_LITERAL = "sql_literal"
+    """A standard SQL string literal: ``O'Brien`` becomes ``'O''Brien'``."""
+    NONE = "none"
+    """As rendered; a lone ``{{ expr }}`` keeps its type (a number stays a number)."""
+
+
 class Step(Generic[P]):
     """Base class of step types. Subclasses set ``name``, ``Params`` and ``run``."""
 
     name: ClassVar[str]
     Params: ClassVar[type[StepParams]]
+    # What a rollback step of this type, skipped for want of its inputs, had nothing
+    # to do: "nothing to restore: step backup did not complete".
+    undo_verb: ClassVar[str] = "do"
 
     def run(self, ctx: StepContext[P]) -> dict[str, Any]:
         raise NotImplementedError
@@ -222,13 +243,36 @@ class Step(Generic[P]):
         return f"would run {self.name}"
 
     @classmethod
-    def quoted_fields(cls, raw_with: dict[str, Any]) -> set[str]:
-        """Names of ``with:`` fields whose template values must be shell-quoted.
+    def field_quoters(cls, raw_with: dict[str, Any]) -> dict[str, Quoter]:
+        """How the template values of each ``with:`` field are quoted; other fields are not.
 
-        ``shell`` returns ``{"command"}`` when ``shell: true``, so a rendered value
-        can never inject shell syntax.
+        ``raw_with`` is the step's ``with:`` as written (not rendered), so the answer may
+        depend on it: ``shell`` quotes ``command`` for the shell only with ``shell: true``.
+        A step that runs SQL would return ``{"sql": Quoter.SQL_LITERAL}``. The default
+        shell-quotes the fields that :meth:`quoted_fields` names.
         """
-        return set()
+        return dict.fromkeys(cls.quoted_fields(raw_with), Quoter.SHELL)
+
+    @classmethod
+    def quoted_fields(cls, raw_with: dict[str, Any]) -> set[str]:
+        """Names of ``with:`` fields whose template values are shell-quoted.
+
+        The older form of :meth:`field_quoters`, which can only mean the shell: a step
+        type that overrides it keeps working; new ones override ``field_quoters``.
+        """
+        # Each default defers to the other only when that one is overridden.
+        if getattr(cls.field_quoters, "__func__", None) is getattr(Step.field_quoters, "__func__", None):
+            return set()
+        return {name for name, quoter in cls.field_quoters(raw_with).items() if quoter == Quoter.SHELL}
+
+    @classmethod
+    def report_sections(cls, step_id: str, outputs: dict[str, Any]) -> list[str]:
+        """Markdown lines this step type adds to the run report, from one step's outputs.
+
+        What an operator reads first (``mongo.transform`` counters, ``mongo.validate``
+        results); nothing by default.
+        """
+        return []
 
     @classmethod
     def describe(cls) -> str:

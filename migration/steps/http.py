@@ -10,10 +10,10 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, BeforeValidator, Field, field_validator
 
 from migration.errors import StepError
 from migration.secrets import is_secret_name
@@ -51,6 +51,16 @@ def check_url(url: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError(f"not an http(s) URL: {url!r}")
     return url
+
+
+def _header_strings(value: Any) -> Any:
+    return stringify_env(value) if isinstance(value, dict) else value
+
+
+# Parameter types of every step type that makes HTTP requests (http.check, notify,
+# process.start's ready_url): checked and converted the same way everywhere.
+UrlParam = Annotated[str, AfterValidator(check_url)]
+HeadersParam = Annotated[dict[str, str], BeforeValidator(_header_strings)]
 
 
 def fetch(
@@ -197,9 +207,9 @@ class HttpCheck(Step["HttpCheck.Params"]):
     name = "http.check"
 
     class Params(StepParams):
-        url: str = Field(description="http(s) URL to request")
+        url: UrlParam = Field(description="http(s) URL to request")
         method: str = Field(default="GET", description="HTTP method")
-        headers: dict[str, str] = Field(default_factory=dict, description="request headers")
+        headers: HeadersParam = Field(default_factory=dict, description="request headers")
         body: str | dict[str, Any] | list[Any] | None = Field(
             default=None, description="request body; an object or list is sent as JSON"
         )
@@ -220,16 +230,6 @@ class HttpCheck(Step["HttpCheck.Params"]):
         timeout: float = Field(default=10.0, gt=0, description="seconds per request")
         follow_redirects: bool = True
         verify_tls: bool = Field(default=True, description="false accepts self-signed certs")
-
-        @field_validator("url")
-        @classmethod
-        def _url(cls, value: str) -> str:
-            return check_url(value)
-
-        @field_validator("headers", mode="before")
-        @classmethod
-        def _header_strings(cls, value: Any) -> Any:
-            return stringify_env(value) if isinstance(value, dict) else value
 
         @field_validator("method")
         @classmethod

@@ -17,9 +17,9 @@ import subprocess
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field
 
 from migration.errors import StepError
 from migration.steps._subprocess import (
@@ -30,14 +30,12 @@ from migration.steps._subprocess import (
     group_members,
     read_stat,
     spawn_error,
-    stringify_argv,
-    stringify_env,
     terminate_group,
 )
-from migration.steps.base import Step, StepContext, StepParams
-from migration.steps.http import RequestFailed, check_url, fetch
+from migration.steps.base import Quoter, Step, StepContext, StepParams
+from migration.steps.http import RequestFailed, UrlParam, fetch
 from migration.steps.registry import register
-from migration.steps.shell import check_command
+from migration.steps.shell import CommandParams
 
 LOG_DIR = Path(".migration") / "logs"
 _READY_POLL_SECONDS = 0.5
@@ -104,51 +102,25 @@ class ProcessStart(Step["ProcessStart.Params"]):
     """
 
     name = "process.start"
+    # The service runs on the host that started it (see migration.hosts).
+    host_local_outputs: ClassVar[dict[str, str]] = {"pid": "process"}
 
-    class Params(StepParams):
-        command: list[str] | str = Field(
-            description="argv list, or a string run by the shell when `shell: true`"
-        )
-        shell: bool | str = Field(default=False, description="true for /bin/sh, or a shell path")
-        cwd: str | None = Field(default=None, description="working directory")
-        env: dict[str, Any] = Field(default_factory=dict, description="extra environment")
+    class Params(CommandParams):
         log: str | None = Field(default=None, description="log file (default .migration/logs/<step id>.log)")
-        ready_url: str | None = Field(default=None, description="URL that answers 2xx/3xx when up")
+        ready_url: UrlParam | None = Field(default=None, description="URL that answers 2xx/3xx when up")
         ready_timeout: float = Field(default=60.0, gt=0, description="seconds to wait for ready")
         settle: float = Field(
             default=1.0, ge=0, description="without ready_url: seconds the process must stay up"
         )
 
-        @field_validator("command", mode="before")
-        @classmethod
-        def _argv_strings(cls, value: Any) -> Any:
-            return stringify_argv(value)
-
-        @field_validator("env")
-        @classmethod
-        def _env_strings(cls, value: dict[str, Any]) -> dict[str, Any]:
-            return stringify_env(value)
-
-        @field_validator("ready_url")
-        @classmethod
-        def _url(cls, value: str | None) -> str | None:
-            return None if value is None else check_url(value)
-
-        @model_validator(mode="after")
-        def _command_shape(self) -> ProcessStart.Params:
-            check_command(self.command, self.shell)
-            return self
-
     @classmethod
-    def quoted_fields(cls, raw_with: dict[str, Any]) -> set[str]:
-        return {"command"} if raw_with.get("shell") else set()
+    def field_quoters(cls, raw_with: dict[str, Any]) -> dict[str, Quoter]:
+        return {"command": Quoter.SHELL} if raw_with.get("shell") else {}
 
     def run(self, ctx: StepContext[ProcessStart.Params]) -> dict[str, Any]:
         p = ctx.params
         ctx.redact.add_env(p.env)
-        cwd = ctx.path(p.cwd) if p.cwd else ctx.workdir
-        if not cwd.is_dir():
-            raise StepError(f"working directory {cwd} does not exist")
+        cwd = p.working_directory(ctx)
         log_path = ctx.path(p.log) if p.log else default_log_path(ctx)
         shown = ctx.redact(command_text(p.command))
         argv = build_argv(p.command, p.shell)
@@ -343,6 +315,8 @@ class ProcessStop(Step["ProcessStop.Params"]):
     """
 
     name = "process.stop"
+    step_id_params: ClassVar[tuple[str, ...]] = ("id",)
+    undo_verb = "stop"
 
     class Params(StepParams):
         id: str = Field(description="id of the process.start step")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field, field_validator, model_validator
@@ -17,7 +18,7 @@ from migration.steps._subprocess import (
     stringify_argv,
     stringify_env,
 )
-from migration.steps.base import Step, StepContext, StepParams
+from migration.steps.base import Quoter, Step, StepContext, StepParams
 from migration.steps.registry import register
 
 # A whole-value template ("{{ vars.argv }}") may render to a list: judge it after rendering.
@@ -38,6 +39,39 @@ def check_command(command: Command, shell: bool | str) -> None:
             raise ValueError("command is an empty list")
         if shell:
             raise ValueError("`shell: true` needs command as one string, not a list")
+
+
+class CommandParams(StepParams):
+    """The parameters of every step that runs a command (``shell``, ``process.start``)."""
+
+    command: list[str] | str = Field(description="argv list, or a string run by the shell when `shell: true`")
+    shell: bool | str = Field(
+        default=False, description="true for /bin/sh, or the path of another shell (bash)"
+    )
+    cwd: str | None = Field(default=None, description="working directory (default: where migration started)")
+    env: dict[str, Any] = Field(default_factory=dict, description="extra environment variables")
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _argv_strings(cls, value: Any) -> Any:
+        return stringify_argv(value)
+
+    @field_validator("env")
+    @classmethod
+    def _env_strings(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return stringify_env(value)
+
+    @model_validator(mode="after")
+    def _command_shape(self) -> CommandParams:
+        check_command(self.command, self.shell)
+        return self
+
+    def working_directory(self, ctx: StepContext[Any]) -> Path:
+        """``cwd`` resolved against the run's directory; one that does not exist fails the step."""
+        cwd = ctx.path(self.cwd) if self.cwd else ctx.workdir
+        if not cwd.is_dir():
+            raise StepError(f"working directory {cwd} does not exist")
+        return cwd
 
 
 @register
@@ -70,48 +104,22 @@ class Shell(Step["Shell.Params"]):
     """
 
     name = "shell"
+    undo_verb = "run"
 
-    class Params(StepParams):
-        command: list[str] | str = Field(
-            description="argv list, or a string run by the shell when `shell: true`"
-        )
-        shell: bool | str = Field(
-            default=False, description="true for /bin/sh, or the path of another shell (bash)"
-        )
-        cwd: str | None = Field(
-            default=None, description="working directory (default: where migration started)"
-        )
-        env: dict[str, Any] = Field(default_factory=dict, description="extra environment variables")
+    class Params(CommandParams):
         timeout: float | None = Field(
             default=None, gt=0, description="seconds before the process group is killed"
         )
         ok_codes: list[int] = Field(default_factory=lambda: [0], description="exit codes that pass")
 
-        @field_validator("command", mode="before")
-        @classmethod
-        def _argv_strings(cls, value: Any) -> Any:
-            return stringify_argv(value)
-
-        @field_validator("env")
-        @classmethod
-        def _env_strings(cls, value: dict[str, Any]) -> dict[str, Any]:
-            return stringify_env(value)
-
-        @model_validator(mode="after")
-        def _command_shape(self) -> Shell.Params:
-            check_command(self.command, self.shell)
-            return self
-
     @classmethod
-    def quoted_fields(cls, raw_with: dict[str, Any]) -> set[str]:
-        return {"command"} if raw_with.get("shell") else set()
+    def field_quoters(cls, raw_with: dict[str, Any]) -> dict[str, Quoter]:
+        return {"command": Quoter.SHELL} if raw_with.get("shell") else {}
 
     def run(self, ctx: StepContext[Shell.Params]) -> dict[str, Any]:
         p = ctx.params
         ctx.redact.add_env(p.env)
-        cwd = ctx.path(p.cwd) if p.cwd else ctx.workdir
-        if not cwd.is_dir():
-            raise StepError(f"working directory {cwd} does not exist")
+        cwd = p.working_directory(ctx)
         argv = build_argv(p.command, p.shell)
         shown = ctx.redact(command_text(p.command))
         log = ctx.log

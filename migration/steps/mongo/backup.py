@@ -7,7 +7,7 @@ import os
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 from pymongo.database import Database
@@ -114,6 +114,8 @@ class MongoBackup(Step["MongoBackup.Params"]):
     """
 
     name = "mongo.backup"
+    # The dump stays on the disk of the host that made it (see migration.hosts).
+    host_local_outputs: ClassVar[dict[str, str]] = {"path": "file"}
 
     class Params(StepParams):
         uri: str = Field(description="connection string naming the database")

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pymongo import MongoClient
@@ -22,6 +20,10 @@ from pymongo.uri_parser import parse_uri
 
 from migration.errors import StepError
 from migration.secrets import mask_url
+
+# Re-exported: the mongo steps measure and show sizes like every other step.
+from migration.steps.sizes import free_disk_bytes as free_disk_bytes
+from migration.steps.sizes import human_bytes as human_bytes
 
 CONNECT_TIMEOUT_MS = 5000
 
@@ -174,25 +176,3 @@ def user_collections(db: Database[Any]) -> list[str]:
             continue
         names.append(name)
     return sorted(names)
-
-
-def free_disk_bytes(path: Path) -> tuple[Path, int]:
-    """Free bytes (for an unprivileged writer) on the filesystem that would hold ``path``.
-
-    Creates nothing: measures the nearest parent that exists. Returns that parent too.
-    """
-    probe = path.absolute()
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    stat = os.statvfs(probe)
-    return probe, stat.f_bavail * stat.f_frsize
-
-
-def human_bytes(n: float) -> str:
-    """``1.2 GB``: decimal units, one decimal place above bytes."""
-    value = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(value) < 1000 or unit == "TB":
-            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    raise AssertionError("unreachable")

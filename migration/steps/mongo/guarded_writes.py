@@ -11,7 +11,6 @@ else is a ``conflict`` and is never overwritten.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,11 +19,13 @@ from pymongo import UpdateOne
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, OperationFailure
 
+from migration.errors import InvalidDocument
 from migration.steps.mongo.documents import (
     MISSING,
     UpdateError,
     apply_update,
     as_stored,
+    copy_value,
     diff,
     get_path,
     guard,
@@ -38,8 +39,11 @@ from migration.steps.mongo.operations import OperationOutcome, OperationsProgram
 # a command of 50 or more statements never finishes and wedges the server. Keep
 # commands well below that.
 FERRETDB_STATEMENTS_PER_COMMAND = 20
-
-INVALID_EXCEPTION_NAMES = frozenset({"InvalidDocument", "InvalidValue"})
+# Concurrent writers (``workers``) share that pool with every other client: together
+# they keep no more statements in flight than one writer does, so workers add no
+# risk of exhausting it (a mix of half-done commands from several clients that
+# reaches 50 wedges it just the same: seen with two transforms on one server).
+FERRETDB_STATEMENTS_IN_FLIGHT = FERRETDB_STATEMENTS_PER_COMMAND
 
 
 @dataclass
@@ -64,11 +68,6 @@ class Outcome:
     current: dict[str, Any] | None = None
 
 
-def is_invalid_exception(exc: BaseException) -> bool:
-    """``InvalidDocument`` and look-alikes (e.g. a recipe's ``InvalidValue``)."""
-    return any(cls.__name__ in INVALID_EXCEPTION_NAMES for cls in type(exc).__mro__)
-
-
 class Planner:
     """Turns a document into a :class:`Planned`, with a function or with operations."""
 
@@ -86,14 +85,14 @@ class Planner:
         doc_id = doc["_id"]
         try:
             if self.function is not None:
-                update = self.function(copy.deepcopy(doc))
+                update = self.function(copy_value(doc))
                 if update is None:
                     return Planned(doc_id, doc, "skipped", "the function returned None")
-                after = apply_update(doc, update)
+                # ``doc`` is as read, so only the values set need their stored form.
+                after = apply_update(doc, update, stored=True)
             else:
                 assert self.program is not None
-                after = self.program.apply(doc)
-            after = as_stored(after)
+                after = as_stored(self.program.apply(doc))
             if not same(after.get("_id", MISSING), doc_id):
                 raise UpdateError("a transform may not change _id")
             update = diff(doc, after)
@@ -101,10 +100,11 @@ class Planner:
             return Planned(doc_id, doc, outcome.status, self.redact(outcome.reason))
         except UpdateError as exc:
             return Planned(doc_id, doc, "error", self.redact(str(exc)))
+        except InvalidDocument as exc:
+            # A subclass may skip our __init__ and so lack .reason.
+            reason = str(getattr(exc, "reason", "") or exc) or type(exc).__name__
+            return Planned(doc_id, doc, "invalid", self.redact(reason))
         except Exception as exc:
-            if is_invalid_exception(exc):
-                reason = str(getattr(exc, "reason", "") or exc) or type(exc).__name__
-                return Planned(doc_id, doc, "invalid", self.redact(reason))
             return Planned(doc_id, doc, "error", self.redact(f"{type(exc).__name__}: {exc}"))
         if not update:
             return Planned(doc_id, doc, "skipped", "no change")
@@ -120,9 +120,14 @@ class GuardedWriter:
         ferretdb: bool,
         redact: Callable[[str], str],
         check_stop: Callable[[], None] = lambda: None,
+        *,
+        concurrent_writers: int = 1,
     ) -> None:
         self.collection = collection
-        self.chunk = FERRETDB_STATEMENTS_PER_COMMAND if ferretdb else 0
+        self.chunk = 0
+        if ferretdb:
+            shared = max(1, FERRETDB_STATEMENTS_IN_FLIGHT // max(1, concurrent_writers))
+            self.chunk = min(FERRETDB_STATEMENTS_PER_COMMAND, shared)
         self.redact = redact
         # Stopping between chunks is safe: the batch is journaled and not yet
         # recorded as done, so a re-run replays it.

@@ -89,6 +89,7 @@ class MongoRestore(Step["MongoRestore.Params"]):
     """
 
     name = "mongo.restore"
+    undo_verb = "restore"
 
     class Params(StepParams):
         uri: str = Field(description="connection string naming the database to restore into")

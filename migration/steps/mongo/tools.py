@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from migration.errors import StepError
+from migration.steps._subprocess import last_line, run_command
 from migration.steps.base import StepContext
 
 TAIL_CHARS = 2000
@@ -28,41 +26,22 @@ def find_tool(ctx: StepContext[Any], name: str) -> str:
 
 
 def run_tool(ctx: StepContext[Any], argv: list[str], what: str) -> str:
-    """Run a tool to completion (killed on SIGINT/SIGTERM); return its redacted output.
+    """Run a tool to completion (its process group killed on SIGINT/SIGTERM); return its redacted output.
 
     A non-zero exit is a StepError quoting the last line of its output.
     """
-    with tempfile.TemporaryFile() as output:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            cwd=ctx.workdir,
-            env=ctx.env,
-            start_new_session=True,
-        )
-        try:
-            while True:
-                try:
-                    proc.wait(timeout=0.2)
-                    break
-                except subprocess.TimeoutExpired:
-                    ctx.check_stop()
-        except BaseException:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            raise
-        output.seek(0)
-        text = ctx.redact(output.read().decode("utf-8", "replace"))
-    tail = str(text)[-TAIL_CHARS:]
-    for line in tail.splitlines():
-        ctx.log.info(what, line=line)
-    if proc.returncode != 0:
-        last = next((line for line in reversed(tail.splitlines()) if line.strip()), "")
-        raise StepError(f"{Path(argv[0]).name} failed with exit code {proc.returncode} ({what}): {last}")
-    return tail
+    result = run_command(
+        argv,
+        cwd=ctx.workdir,
+        env=ctx.env,
+        timeout=None,
+        redact=ctx.redact.text,
+        log=ctx.log.bind(tool=what),
+        stop_flag=ctx.stop_flag,
+    )
+    # The Database Tools write progress and errors to stderr.
+    text = "\n".join(part for part in (result.stdout, result.stderr) if part)[-TAIL_CHARS:]
+    if result.exit_code != 0:
+        last = last_line(result.stderr) or last_line(result.stdout)
+        raise StepError(f"{Path(argv[0]).name} failed with exit code {result.exit_code} ({what}): {last}")
+    return text
