@@ -13,11 +13,11 @@ from pymongo.errors import PyMongoError
 
 from migration.errors import InvalidDocument, StepError
 from migration.steps.base import Step, StepContext, StepParams
-from migration.steps.callables import check_spec, load_callable
+from migration.steps.callables import check_spec
 from migration.steps.mongo.common import connect, detect_server
 from migration.steps.mongo.documents import MISSING, decode_id, encode_id, get_path, show_id, to_json
-from migration.steps.mongo.guarded_writes import GuardedWriter, Planned, Planner
-from migration.steps.mongo.operations import Operation, OperationsProgram, describe
+from migration.steps.mongo.guarded_writes import GuardedWriter, Planned
+from migration.steps.mongo.operations import Operation, describe
 from migration.steps.mongo.partitions import (
     PartitionRecord,
     Unsplittable,
@@ -34,6 +34,7 @@ from migration.steps.mongo.transform_batches import (
     resume_query,
     zero_counters,
 )
+from migration.steps.mongo.transform_context import make_planner
 from migration.steps.mongo.transform_workers import PartitionedRun, WorkerSpec
 from migration.steps.registry import register
 
@@ -117,6 +118,9 @@ class MongoTransform(Step["MongoTransform.Params"]):
         workers: int = Field(
             default=1, ge=1, le=64, description="worker processes, each transforming an _id range"
         )
+        args: dict[str, Any] = Field(
+            default_factory=dict, description="given to a function that takes ctx, as ctx.args"
+        )
 
         @field_validator("function")
         @classmethod
@@ -175,14 +179,16 @@ class _Run:
         self.db = db
         self.collection = self._existing_collection()
         check_filter_on_server(self.collection, self.params.filter, "filter")
-        function = None
-        program = None
-        if self.params.function is not None:
-            function = load_callable(self.params.function, ctx.workdir, ctx.env)
-        else:
-            assert self.params.operations is not None
-            program = OperationsProgram(self.params.operations, ctx.workdir, ctx.env)
-        self.planner = Planner(function, program, ctx.redact)
+        self.planner = make_planner(
+            self.params.function,
+            self.params.operations,
+            workdir=ctx.workdir,
+            env=ctx.env,
+            redact=ctx.redact,
+            db=db,
+            args=self.params.args,
+            log=ctx.log,
+        )
 
     def _existing_collection(self) -> Collection[Any]:
         name = self.params.collection
@@ -313,6 +319,7 @@ class _Run:
             redact=ctx.redact,
             ferretdb=ferretdb,
             workers=params.workers,
+            args=params.args,
         )
         with ctx.progress_bar(f"transform {params.collection}", remaining) as bar:
             run = PartitionedRun(spec, records, log, save, ctx.check_stop, ctx.log, bar.advance)
