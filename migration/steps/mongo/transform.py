@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -359,8 +360,7 @@ class _Run:
         tally = dict.fromkeys(("write", "skipped", "invalid", "error"), 0)
         samples: list[Planned] = []
         limit = max(200, params.sample * 20)
-        for doc in self.collection.find(query, sort=[("_id", 1)], batch_size=min(limit, 1000)):
-            item = self.planner.plan(doc)
+        for item in self._planned_in_batches(query, limit):
             scanned += 1
             tally[item.status] += 1
             if item.status != "skipped" and len(samples) < params.sample:
@@ -375,6 +375,24 @@ class _Run:
             lines.append(f"  _id {show_id(item.doc_id)}:")
             lines.extend("    " + line for line in _diff_lines(item))
         return "\n".join(lines)
+
+
+    def _planned_in_batches(self, query: dict[str, Any], limit: int) -> Iterator[Planned]:
+        """The first ``limit`` matching documents planned batch by batch, as the run plans them
+        (a batch hook or a lookup sees the same batches)."""
+        cursor = self.collection.find(query, sort=[("_id", 1)], batch_size=min(limit, 1000), limit=limit)
+        batch: list[dict[str, Any]] = []
+        for doc in cursor:
+            batch.append(doc)
+            if len(batch) == self.params.batch_size:
+                yield from self._planned(batch)
+                batch = []
+        yield from self._planned(batch)
+
+    def _planned(self, batch: list[dict[str, Any]]) -> Iterator[Planned]:
+        self.planner.prepare(batch)
+        for doc in batch:
+            yield self.planner.plan(doc)
 
 
 def _shown(value: Any) -> str:
