@@ -376,7 +376,6 @@ class _Run:
             lines.extend("    " + line for line in _diff_lines(item))
         return "\n".join(lines)
 
-
     def _planned_in_batches(self, query: dict[str, Any], limit: int) -> Iterator[Planned]:
         """The first ``limit`` matching documents planned batch by batch, as the run plans them
         (a batch hook or a lookup sees the same batches)."""
