@@ -15,6 +15,7 @@ from pymongo.errors import PyMongoError
 from migration.errors import InvalidDocument, StepError
 from migration.steps.base import Step, StepContext, StepParams
 from migration.steps.callables import check_spec
+from migration.steps.mongo import pipeline
 from migration.steps.mongo.common import connect, detect_server
 from migration.steps.mongo.documents import MISSING, decode_id, encode_id, get_path, show_id, to_json
 from migration.steps.mongo.guarded_writes import GuardedWriter, Planned
@@ -224,6 +225,12 @@ class _Run:
         ferretdb = server.ferretdb1
         saved = self.ctx.resume or {}
         ours = saved.get("collection") in (None, self.params.collection)
+        if not (ours and "counters" in saved) or saved.get("mode") == "server":
+            path = pipeline.choose(self.collection, self.params.operations)
+            if isinstance(path, pipeline.ServerPlan):
+                return self._server_side(path, saved if ours else {})
+            if self.params.operations is not None:
+                self.ctx.log.info("transform runs client-side", reason=path)
         if ours and saved.get("partitions"):
             resumed = self._partitioned(saved, ferretdb)
             assert resumed is not None
@@ -328,6 +335,41 @@ class _Run:
         ctx.log.info("transform finished", collection=params.collection, **outputs)
         return outputs
 
+    def _server_side(self, plan: pipeline.ServerPlan, saved: dict[str, Any]) -> dict[str, Any]:
+        """The operations as update pipelines run by the server (see ``pipeline``)."""
+        ctx, params = self.ctx, self.params
+        if saved.get("mode") == "server":
+            last = None if saved.get("last_id") is None else decode_id(saved["last_id"])
+            counters = {k: int(saved["counters"].get(k, 0)) for k in COUNTERS}
+            log = Path(saved["log"])
+        else:
+            last, counters = None, zero_counters()
+            counters["total"] = self.collection.count_documents(params.filter)
+            log = new_path(ctx.path(params.log_dir), "migration-log")
+
+        def record(last_id: Any, current: dict[str, int]) -> None:
+            encoded = None if last_id is None else encode_id(last_id)
+            fields = {"mode": "server", "last_id": encoded, "counters": dict(current), "log": str(log)}
+            ctx.progress(collection=params.collection, **fields)
+
+        record(last, counters)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        ctx.log.info("transform on the server", collection=params.collection, documents=counters["total"])
+        counters = pipeline.run_chunks(
+            self.collection,
+            params.filter,
+            plan,
+            chunk_size=params.batch_size,
+            last_id=last,
+            counters=counters,
+            log=log,
+            record=record,
+            check_stop=ctx.check_stop,
+        )
+        counters["skipped"] = max(0, counters["total"] - counters["migrated"])
+        ctx.log.info("transform finished", collection=params.collection, log=str(log), **counters)
+        return {**counters, "log": str(log)}
+
     def _progress(self, position: Position) -> None:
         self.ctx.progress(
             last_id=None if position.last_id is None else encode_id(position.last_id),
@@ -353,6 +395,7 @@ class _Run:
             + f" with {mode}, in batches of {params.batch_size}, guarded updates"
             + (f", by {params.workers} workers over _id ranges;" if params.workers > 1 else ";")
             + f" log to {self.ctx.path(params.log_dir)}/migration-log-<timestamp>.json",
+            _path_line(pipeline.choose(self.collection, params.operations)),
         ]
         if count == 0 or params.sample == 0:
             return "\n".join(lines)
@@ -392,6 +435,14 @@ class _Run:
         self.planner.prepare(batch)
         for doc in batch:
             yield self.planner.plan(doc)
+
+
+def _path_line(path: pipeline.ServerPlan | str) -> str:
+    if isinstance(path, pipeline.ServerPlan):
+        return (
+            "path: server-side (update_many with an update pipeline per chunk of _ids; the server has them)"
+        )
+    return f"path: client-side batches ({path})"
 
 
 def _shown(value: Any) -> str:

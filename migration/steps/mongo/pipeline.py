@@ -1,0 +1,132 @@
+"""Server-side ``operations``: ``update_many`` with an update pipeline, chunk by chunk of ``_id``.
+
+An operation list that needs no Python (``set``, ``unset``, ``lower``, ``upper``,
+``trim``, each field changed by one operation) runs on the server where it
+accepts update pipelines (MongoDB 4.2+, FerretDB 2): one probe, an update with a
+pipeline that matches nothing, tells (FerretDB 1.x answers code 14,
+TypeMismatch). The filter of each ``update_many`` is the step's filter, the
+documents the pipeline would change (so a re-run, or a chunk applied twice,
+changes nothing) and the chunk's ``_id`` range; after each chunk the last
+``_id`` and the counters are recorded, so a resumed run goes on after the last
+chunk done. The log holds a line per chunk (ids, matched, modified): there is
+no per-document before/after on this path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pymongo.collection import Collection
+from pymongo.errors import OperationFailure
+
+from migration.steps.mongo.conversions import server_expression
+from migration.steps.mongo.documents import after_id, show_id
+from migration.steps.mongo.operations import SetOperation, UnsetOperation
+from migration.steps.mongo.transform_batches import resume_query
+
+# Codes a server without update pipelines answers: TypeMismatch (FerretDB 1.x,
+# MongoDB before 4.2: "u" must be a document), FailedToParse.
+NO_PIPELINES = frozenset({9, 14})
+
+
+@dataclass
+class ServerPlan:
+    """The update pipeline of an operation list, and the filter of what it would change."""
+
+    stages: list[dict[str, Any]]
+    changes: dict[str, Any]
+
+
+def server_plan(operations: list[Any]) -> ServerPlan | str:
+    """The pipeline doing ``operations`` on the server, or why they need Python."""
+    stages: list[dict[str, Any]] = []
+    conditions: list[dict[str, Any]] = []
+    touched: set[str] = set()
+    for operation in operations:
+        new: dict[str, Any]
+        if isinstance(operation, SetOperation):
+            new = {path: {"$literal": value} for path, value in operation.set.items()}
+            conditions += [{"$expr": {"$ne": ["$" + path, value]}} for path, value in new.items()]
+            stages.append({"$set": new})
+        elif isinstance(operation, UnsetOperation):
+            new = dict.fromkeys(operation.unset)
+            conditions += [{path: {"$exists": True}} for path in operation.unset]
+            stages.append({"$unset": list(operation.unset)})
+        else:
+            expression = server_expression(operation)
+            if isinstance(expression, str):
+                return expression
+            new = expression
+            conditions += [{"$expr": {"$ne": ["$" + path, value]}} for path, value in new.items()]
+            stages.append({"$set": new})
+        for path in new:
+            if any(path == t or path.startswith(t + ".") or t.startswith(path + ".") for t in touched):
+                return f"{path} is changed by more than one operation"
+            touched.add(path)
+    return ServerPlan(stages, {"$or": conditions})
+
+
+def probe(collection: Collection[Any]) -> str | None:
+    """None when the server runs update pipelines, else why not (an update that matches nothing)."""
+    try:
+        collection.update_one({"_id": {"$in": []}}, [{"$set": {"_migration_probe": 1}}])
+    except OperationFailure as exc:
+        if exc.code in NO_PIPELINES:
+            return f"the server has no update pipelines (code {exc.code})"
+        return f"the server refused the update-pipeline probe (code {exc.code})"
+    return None
+
+
+def choose(collection: Collection[Any], operations: list[Any] | None) -> ServerPlan | str:
+    """The server-side plan, or the reason the transform runs client-side (one line)."""
+    if operations is None:
+        return "a function runs in Python"
+    plan = server_plan(operations)
+    if isinstance(plan, str):
+        return plan
+    refused = probe(collection)
+    return plan if refused is None else refused
+
+
+def run_chunks(
+    collection: Collection[Any],
+    base: dict[str, Any],
+    plan: ServerPlan,
+    *,
+    chunk_size: int,
+    last_id: Any,
+    counters: dict[str, int],
+    log: Path,
+    record: Callable[[Any, dict[str, int]], None],
+    check_stop: Callable[[], None],
+) -> dict[str, int]:
+    """Apply ``plan`` to the documents of ``base`` after ``last_id``, ``chunk_size`` at a time."""
+    query = {"$and": [base, plan.changes]} if base else plan.changes
+    with open(log, "a", encoding="utf-8") as out:
+        while True:
+            check_stop()
+            remaining = resume_query(query, last_id)
+            ids = [
+                d["_id"] for d in collection.find(remaining, {"_id": 1}, sort=[("_id", 1)], limit=chunk_size)
+            ]
+            if not ids:
+                return counters
+            end = ids[-1]
+            result = collection.update_many({"$and": [remaining, {"$nor": [after_id(end)]}]}, plan.stages)
+            counters["migrated"] += result.modified_count
+            line = {
+                "first_id": show_id(ids[0]),
+                "last_id": show_id(end),
+                "matched": result.matched_count,
+                "modified": result.modified_count,
+            }
+            out.write(json.dumps(line) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+            last_id = end
+            record(last_id, counters)
