@@ -24,10 +24,12 @@ from typing import Any
 from pymongo.collection import Collection
 from pymongo.errors import OperationFailure
 
+from migration.steps.base import StepContext
 from migration.steps.mongo.conversions import server_expression
-from migration.steps.mongo.documents import after_id, show_id
+from migration.steps.mongo.documents import after_id, decode_id, encode_id, show_id
 from migration.steps.mongo.operations import SetOperation, UnsetOperation
-from migration.steps.mongo.transform_batches import resume_query
+from migration.steps.mongo.record_log import new_path
+from migration.steps.mongo.transform_batches import COUNTERS, resume_query, zero_counters
 
 # Codes a server without update pipelines answers: TypeMismatch (FerretDB 1.x,
 # MongoDB before 4.2: "u" must be a document), FailedToParse.
@@ -130,3 +132,48 @@ def run_chunks(
             os.fsync(out.fileno())
             last_id = end
             record(last_id, counters)
+
+
+def path_line(path: ServerPlan | str) -> str:
+    """The dry run's line saying which path a transform takes, and why."""
+    if isinstance(path, ServerPlan):
+        return "path: server-side (the server has update pipelines: update_many per chunk of _ids)"
+    return f"path: client-side batches ({path})"
+
+
+def execute(
+    ctx: StepContext[Any], collection: Collection[Any], plan: ServerPlan, saved: dict[str, Any]
+) -> dict[str, Any]:
+    """Run a transform's operations on the server; resume after the last chunk ``saved`` records."""
+    params = ctx.params
+    if saved.get("mode") == "server":
+        last = None if saved.get("last_id") is None else decode_id(saved["last_id"])
+        counters = {k: int(saved["counters"].get(k, 0)) for k in COUNTERS}
+        log = Path(saved["log"])
+    else:
+        last, counters = None, zero_counters()
+        counters["total"] = collection.count_documents(params.filter)
+        log = new_path(ctx.path(params.log_dir), "migration-log")
+
+    def record(last_id: Any, current: dict[str, int]) -> None:
+        encoded = None if last_id is None else encode_id(last_id)
+        fields = {"mode": "server", "last_id": encoded, "counters": dict(current), "log": str(log)}
+        ctx.progress(collection=params.collection, **fields)
+
+    record(last, counters)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    ctx.log.info("transform on the server", collection=params.collection, documents=counters["total"])
+    counters = run_chunks(
+        collection,
+        params.filter,
+        plan,
+        chunk_size=params.batch_size,
+        last_id=last,
+        counters=counters,
+        log=log,
+        record=record,
+        check_stop=ctx.check_stop,
+    )
+    counters["skipped"] = max(0, counters["total"] - counters["migrated"])
+    ctx.log.info("transform finished", collection=params.collection, log=str(log), **counters)
+    return {**counters, "log": str(log)}

@@ -83,6 +83,21 @@ class MongoTransform(Step["MongoTransform.Params"]):
     transform does (20: fewer per command each) and every range query reads the
     whole collection there, so workers help on servers that index ``_id`` ranges.
 
+    A function that declares a second parameter (``def f(doc, ctx)`` or
+    ``def f(doc, ctx=None)``) is called ``f(doc, ctx)``: ``ctx.args`` is the
+    step's rendered ``args``, ``ctx.db`` the step's database (its own connection),
+    ``ctx.log`` the run's logger, ``ctx.batch`` what the function's optional
+    ``prepare_batch(docs, ctx)`` hook (``f.prepare_batch = hook``) fetched for the
+    current batch in one query; each worker builds its own. Operations also
+    convert values (``convert`` to date, int, float, number or string; ``lower``,
+    ``upper``, ``trim``, ``replace``) and copy a field from another collection
+    (``lookup``, one ``$in`` query per batch); a value they cannot convert leaves
+    its document as it is, counted ``invalid`` and logged. Operations that need no
+    Python (``set``, ``unset``, ``lower``, ``upper``, ``trim``) run on the server
+    as ``update_many`` with an update pipeline, chunk by chunk of ``_id``, where
+    it has them (MongoDB 4.2+, FerretDB 2; probed): the dry run says which path
+    and why.
+
     Outputs: ``total``, ``migrated``, ``skipped``, ``invalid``, ``errors``,
     ``conflicts``, ``log`` (path of the per-record log).
 
@@ -228,7 +243,7 @@ class _Run:
         if not (ours and "counters" in saved) or saved.get("mode") == "server":
             path = pipeline.choose(self.collection, self.params.operations)
             if isinstance(path, pipeline.ServerPlan):
-                return self._server_side(path, saved if ours else {})
+                return pipeline.execute(self.ctx, self.collection, path, saved if ours else {})
             if self.params.operations is not None:
                 self.ctx.log.info("transform runs client-side", reason=path)
         if ours and saved.get("partitions"):
@@ -335,41 +350,6 @@ class _Run:
         ctx.log.info("transform finished", collection=params.collection, **outputs)
         return outputs
 
-    def _server_side(self, plan: pipeline.ServerPlan, saved: dict[str, Any]) -> dict[str, Any]:
-        """The operations as update pipelines run by the server (see ``pipeline``)."""
-        ctx, params = self.ctx, self.params
-        if saved.get("mode") == "server":
-            last = None if saved.get("last_id") is None else decode_id(saved["last_id"])
-            counters = {k: int(saved["counters"].get(k, 0)) for k in COUNTERS}
-            log = Path(saved["log"])
-        else:
-            last, counters = None, zero_counters()
-            counters["total"] = self.collection.count_documents(params.filter)
-            log = new_path(ctx.path(params.log_dir), "migration-log")
-
-        def record(last_id: Any, current: dict[str, int]) -> None:
-            encoded = None if last_id is None else encode_id(last_id)
-            fields = {"mode": "server", "last_id": encoded, "counters": dict(current), "log": str(log)}
-            ctx.progress(collection=params.collection, **fields)
-
-        record(last, counters)
-        log.parent.mkdir(parents=True, exist_ok=True)
-        ctx.log.info("transform on the server", collection=params.collection, documents=counters["total"])
-        counters = pipeline.run_chunks(
-            self.collection,
-            params.filter,
-            plan,
-            chunk_size=params.batch_size,
-            last_id=last,
-            counters=counters,
-            log=log,
-            record=record,
-            check_stop=ctx.check_stop,
-        )
-        counters["skipped"] = max(0, counters["total"] - counters["migrated"])
-        ctx.log.info("transform finished", collection=params.collection, log=str(log), **counters)
-        return {**counters, "log": str(log)}
-
     def _progress(self, position: Position) -> None:
         self.ctx.progress(
             last_id=None if position.last_id is None else encode_id(position.last_id),
@@ -395,7 +375,7 @@ class _Run:
             + f" with {mode}, in batches of {params.batch_size}, guarded updates"
             + (f", by {params.workers} workers over _id ranges;" if params.workers > 1 else ";")
             + f" log to {self.ctx.path(params.log_dir)}/migration-log-<timestamp>.json",
-            _path_line(pipeline.choose(self.collection, params.operations)),
+            pipeline.path_line(pipeline.choose(self.collection, params.operations)),
         ]
         if count == 0 or params.sample == 0:
             return "\n".join(lines)
