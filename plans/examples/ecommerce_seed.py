@@ -22,9 +22,7 @@ STATUSES = ["NEW", "Paid", "SHIPPED", "delivered", "Cancelled"]
 INSERT_CHUNK = 40
 
 
-def seed(
-    uri: str, customers: int = 200, orders: int = 2000, broken: int = 0, ctx: Any = None
-) -> dict[str, int]:
+def seed(uri: str, customers: int = 200, orders: int = 2000, broken: int = 0) -> dict[str, int]:
     rng = random.Random(20240301)
     client: MongoClient[Any] = MongoClient(uri, serverSelectionTimeoutMS=5000)
     try:
