@@ -173,6 +173,18 @@ def test_lookup_denormalises_with_one_query_per_batch(
     assert again["invalid"] == 0 and docs_of(mongo_db, "orders")[dangling[0]]["customer_name"] is None
 
 
+def test_a_lookup_of_a_collection_that_does_not_exist_fails_before_any_write(
+    mongo_url: str, mongo_db: Database[Any], tmp_path: Path
+) -> None:
+    from migration.errors import StepError
+
+    mongo_db.orders.insert_one({"_id": 1, "customer_id": 1})
+    lookup = {"from": "custmers", "local": "customer_id", "field": "name", "as": "customer_name"}
+    with pytest.raises(StepError, match="lookup: collection 'custmers' does not exist in database"):
+        transform(mongo_url, tmp_path, collection="orders", operations=[{"lookup": lookup}])
+    assert mongo_db.orders.find_one() == {"_id": 1, "customer_id": 1}
+
+
 def test_conversions_run_in_workers_as_in_one_process(
     mongo_url: str, mongo_db: Database[Any], tmp_path: Path
 ) -> None:

@@ -27,6 +27,7 @@ from migration.errors import StepError
 from migration.steps.callables import load_callable
 from migration.steps.mongo.documents import copy_value
 from migration.steps.mongo.guarded_writes import Planner
+from migration.steps.mongo.lookups import LookupOperation
 from migration.steps.mongo.operations import OperationsProgram
 
 
@@ -121,5 +122,12 @@ def make_planner(
         caller = FunctionCaller(load_callable(function, workdir, env), function, context)
         return Planner(caller, None, redact, caller.prepare if caller.hook is not None else None)
     assert operations is not None
+    for operation in operations:
+        if isinstance(operation, LookupOperation) and not db.list_collection_names(
+            filter={"name": operation.lookup.from_}
+        ):
+            raise StepError(
+                f"lookup: collection {operation.lookup.from_!r} does not exist in database {db.name!r}"
+            )
     program = OperationsProgram(operations, workdir, env, db)
     return Planner(None, program, redact, program.prepare if program.needs_batches else None)
