@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from pydantic import TypeAdapter
+from pymongo.collection import Collection
 from pymongo.database import Database
 from test_mongo_transform import Crash, context, transform, without_log
 
@@ -60,7 +61,7 @@ def test_the_dry_run_says_which_path_and_why(mongo_url: str, mongo_db: Database[
 
 
 def test_the_server_side_path_equals_the_client_side_one_and_resumes(
-    mongo_url: str, mongo_db: Database[Any], tmp_path: Path
+    mongo_url: str, mongo_db: Database[Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     refused = pipeline.probe(mongo_db.get_collection("probe"))
     if refused is not None:
@@ -72,20 +73,22 @@ def test_the_server_side_path_equals_the_client_side_one_and_resumes(
     transform(mongo_url, tmp_path / "ref", collection="reference", operations=reference_ops)
 
     saved: dict[str, Any] = {}
-    calls = 0
+    real_update_many = Collection.update_many
+    updates = 0
 
-    def dies_at_the_third_record(fields: dict[str, Any]) -> None:
-        nonlocal calls
-        calls += 1
-        saved.clear()
-        saved.update(fields)
-        if calls == 3:
-            raise Crash
+    def dies_after_the_second_chunk(collection: Collection[Any], *args: Any, **kwargs: Any) -> Any:
+        nonlocal updates
+        result = real_update_many(collection, *args, **kwargs)
+        updates += 1
+        if updates == 2:
+            raise Crash  # written, not yet recorded as done
+        return result
 
     common = {"collection": "server", "operations": SERVER_SIDE, "batch_size": 40}
-    with pytest.raises(Crash):
-        transform(mongo_url, tmp_path / "srv", on_progress=dies_at_the_third_record, **common)
-    assert saved["mode"] == "server"
+    with monkeypatch.context() as patched, pytest.raises(Crash):
+        patched.setattr(Collection, "update_many", dies_after_the_second_chunk)
+        transform(mongo_url, tmp_path / "srv", on_progress=lambda f: saved.update(f), **common)
+    assert saved["mode"] == "server" and saved["pending"]["count"] == 40
     outputs = transform(mongo_url, tmp_path / "srv", resume=dict(saved), **common)
     assert (outputs["total"], outputs["migrated"]) == (250, 250)
     assert list(mongo_db.server.find(sort=[("_id", 1)])) == list(mongo_db.reference.find(sort=[("_id", 1)]))

@@ -8,8 +8,8 @@ TypeMismatch). The filter of each ``update_many`` is the step's filter, the
 documents the pipeline would change (so a re-run, or a chunk applied twice,
 changes nothing) and the chunk's ``_id`` range; after each chunk the last
 ``_id`` and the counters are recorded, so a resumed run goes on after the last
-chunk done. The log holds a line per chunk (ids, matched, modified): there is
-no per-document before/after on this path.
+chunk done. The log holds a line per chunk (last ``_id``, changed, matched,
+modified): there is no per-document before/after on this path.
 """
 
 from __future__ import annotations
@@ -53,7 +53,18 @@ def server_plan(operations: list[Any]) -> ServerPlan | str:
         new: dict[str, Any]
         if isinstance(operation, SetOperation):
             new = {path: {"$literal": value} for path, value in operation.set.items()}
-            conditions += [{"$expr": {"$ne": ["$" + path, value]}} for path, value in new.items()]
+            # Differs in type (1 and 1.0, null and absent) or in value, as the client-side path compares.
+            conditions += [
+                {
+                    "$expr": {
+                        "$or": [
+                            {"$ne": [{"$type": "$" + path}, {"$type": value}]},
+                            {"$ne": ["$" + path, value]},
+                        ]
+                    }
+                }
+                for path, value in new.items()
+            ]
             stages.append({"$set": new})
         elif isinstance(operation, UnsetOperation):
             new = dict.fromkeys(operation.unset)
@@ -71,6 +82,10 @@ def server_plan(operations: list[Any]) -> ServerPlan | str:
                 return f"{path} is changed by more than one operation"
             touched.add(path)
     return ServerPlan(stages, {"$or": conditions})
+
+
+def _differs(ref: str, value: Any) -> dict[str, Any]:
+    return {"$expr": {"$or": [{"$ne": [{"$type": ref}, {"$type": value}]}, {"$ne": [ref, value]}]}}
 
 
 def probe(collection: Collection[Any]) -> str | None:
@@ -102,36 +117,44 @@ def run_chunks(
     *,
     chunk_size: int,
     last_id: Any,
+    pending: dict[str, Any] | None,
     counters: dict[str, int],
     log: Path,
-    record: Callable[[Any, dict[str, int]], None],
+    record: Callable[[Any, dict[str, int], dict[str, Any] | None], None],
     check_stop: Callable[[], None],
 ) -> dict[str, int]:
-    """Apply ``plan`` to the documents of ``base`` after ``last_id``, ``chunk_size`` at a time."""
+    """Apply ``plan`` to the documents of ``base`` after ``last_id``, ``chunk_size`` at a time.
+
+    Each chunk is recorded as pending (its last ``_id`` and how many documents it
+    changes) before its ``update_many``, then as done: a run that died in between
+    re-applies it (a no-op for what was already changed) and counts it once.
+    """
     query = {"$and": [base, plan.changes]} if base else plan.changes
     with open(log, "a", encoding="utf-8") as out:
         while True:
             check_stop()
             remaining = resume_query(query, last_id)
-            ids = [
-                d["_id"] for d in collection.find(remaining, {"_id": 1}, sort=[("_id", 1)], limit=chunk_size)
-            ]
-            if not ids:
-                return counters
-            end = ids[-1]
+            if pending is None:
+                found = collection.find(remaining, {"_id": 1}, sort=[("_id", 1)], limit=chunk_size)
+                ids = [doc["_id"] for doc in found]
+                if not ids:
+                    return counters
+                pending = {"end": encode_id(ids[-1]), "count": len(ids)}
+                record(last_id, counters, pending)
+            end = decode_id(pending["end"])
             result = collection.update_many({"$and": [remaining, {"$nor": [after_id(end)]}]}, plan.stages)
-            counters["migrated"] += result.modified_count
+            counters["migrated"] += int(pending["count"])
             line = {
-                "first_id": show_id(ids[0]),
                 "last_id": show_id(end),
+                "changed": pending["count"],
                 "matched": result.matched_count,
                 "modified": result.modified_count,
             }
             out.write(json.dumps(line) + "\n")
             out.flush()
             os.fsync(out.fileno())
-            last_id = end
-            record(last_id, counters)
+            last_id, pending = end, None
+            record(last_id, counters, None)
 
 
 def path_line(path: ServerPlan | str) -> str:
@@ -150,17 +173,18 @@ def execute(
         last = None if saved.get("last_id") is None else decode_id(saved["last_id"])
         counters = {k: int(saved["counters"].get(k, 0)) for k in COUNTERS}
         log = Path(saved["log"])
+        pending = saved.get("pending")
     else:
-        last, counters = None, zero_counters()
+        last, counters, pending = None, zero_counters(), None
         counters["total"] = collection.count_documents(params.filter)
         log = new_path(ctx.path(params.log_dir), "migration-log")
 
-    def record(last_id: Any, current: dict[str, int]) -> None:
+    def record(last_id: Any, current: dict[str, int], chunk: dict[str, Any] | None) -> None:
         encoded = None if last_id is None else encode_id(last_id)
         fields = {"mode": "server", "last_id": encoded, "counters": dict(current), "log": str(log)}
-        ctx.progress(collection=params.collection, **fields)
+        ctx.progress(collection=params.collection, pending=chunk, **fields)
 
-    record(last, counters)
+    record(last, counters, pending)
     log.parent.mkdir(parents=True, exist_ok=True)
     ctx.log.info("transform on the server", collection=params.collection, documents=counters["total"])
     counters = run_chunks(
@@ -169,6 +193,7 @@ def execute(
         plan,
         chunk_size=params.batch_size,
         last_id=last,
+        pending=pending,
         counters=counters,
         log=log,
         record=record,
