@@ -341,6 +341,8 @@ class MongoRestore(Step["MongoRestore.Params"]):
 
     def preview(self, ctx: StepContext[MongoRestore.Params]) -> str:
         params = ctx.params
+        if "<steps." in params.from_:  # a backup this run takes first: the dry run names it
+            return f"would restore from {params.from_} into {database_name(params.uri)}"
         folder = ctx.path(params.from_)
         if not folder.exists():
             return f"would restore from {folder} (not there yet) into {database_name(params.uri)}"
