@@ -18,7 +18,7 @@ from migration.errors import PlanError
 from migration.plan.yaml_positions import Loc, Positions, format_path
 
 
-def _resolve_loc(raw: Any, loc: tuple[Any, ...]) -> tuple[Loc, bool]:
+def resolve_loc(raw: Any, loc: tuple[Any, ...]) -> tuple[Loc, bool]:
     """Map a pydantic error location onto the data, dropping union tags.
 
     Returns the path and whether it ended on a key that is absent (a missing field).
@@ -110,7 +110,7 @@ def first_error(
     best: tuple[int, PlanError] | None = None
     for err in exc.errors():
         loc = tuple(err["loc"])
-        path, missing = _resolve_loc(raw, loc)
+        path, missing = resolve_loc(raw, loc)
         if skip is not None and skip(path, err):
             continue
         full = (*prefix, *path)

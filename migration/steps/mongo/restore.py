@@ -267,6 +267,16 @@ class MongoRestore(Step["MongoRestore.Params"]):
     """
 
     name = "mongo.restore"
+    outputs = {
+        "restored": "collection name -> documents",
+        "total": "documents restored",
+        "verified": "counts+checksums, counts (a dump without manifest), failed or none",
+        "dropped": "collections replaced",
+        "left_alone": "collections of the database not in the dump, left as they were",
+        "indexes": "collection name -> index names made",
+        "database": "database name",
+        "warnings": "what the operator should know (e.g. no checksums)",
+    }
 
     class Params(StepParams):
         uri: str = Field(description="connection string naming the database to restore into")

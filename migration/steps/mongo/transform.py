@@ -130,6 +130,15 @@ class MongoTransform(Step["MongoTransform.Params"]):
     """
 
     name = "mongo.transform"
+    outputs = {
+        "total": "documents read",
+        "migrated": "documents updated (or found already in their after-state)",
+        "skipped": "documents left alone (the function returned None)",
+        "invalid": "documents marked invalid, left as they were",
+        "errors": "documents that failed",
+        "conflicts": "documents changed by someone else meanwhile, not overwritten",
+        "log": "path of the per-record log (migration-log-<ts>.json)",
+    }
 
     class Params(StepParams):
         uri: str = Field(description="connection string naming the database")

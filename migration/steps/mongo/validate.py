@@ -78,6 +78,13 @@ class MongoValidate(Step["MongoValidate.Params"]):
     """
 
     name = "mongo.validate"
+    outputs = {
+        "passed": "number of checks that passed",
+        "failed": "number of checks that failed",
+        "checks": "list of {name, type, passed, details}",
+        "report": "path of validation-report-<ts>.json",
+        "sample_id": "the first _id shown by a sample check, as text, or null",
+    }
 
     class Params(StepParams):
         uri: str = Field(description="connection string naming the database")
