@@ -107,7 +107,7 @@ def first_error(
 
     ``raw`` is the data ``model`` validated, found in the plan at ``prefix``.
     """
-    best: tuple[int, PlanError] | None = None
+    best: tuple[tuple[int, bool], PlanError] | None = None
     for err in exc.errors():
         loc = tuple(err["loc"])
         path, missing = resolve_loc(raw, loc)
@@ -124,7 +124,9 @@ def first_error(
             error = PlanError(message, file=file, line=line, col=col, path=format_path(full))
         else:
             error = positions.error(file, full, message, at_key=kind == "extra_forbidden")
-        depth = len(path)
-        if best is None or depth > best[0]:
-            best = (depth, error)
+        # Deepest first; at one depth an unknown key beats a missing field: 'frm' with
+        # 'from' missing says "unknown key 'frm'; did you mean 'from'?", which says both.
+        rank = (len(path), kind == "extra_forbidden")
+        if best is None or rank > best[0]:
+            best = (rank, error)
     return best[1] if best else None
