@@ -96,6 +96,20 @@ class SplitSpec(StepParams):
 
 
 class SetOperation(StepParams):
+    """Give fields a value: ``{path: value, ...}``.
+
+    A dotted path reaches into embedded documents and creates the missing ones, as
+    MongoDB's ``$set`` does; setting a field inside a value that is not a document
+    (``address.city`` when ``address`` is a string) is an error for that document.
+    Values are written as given (a template in them renders before the step runs).
+
+    Example:
+        ```yaml
+        operations:
+          - set: {schema_version: 2, "address.country": DE, legacy: null}
+        ```
+    """
+
     set: dict[str, Any] = Field(min_length=1)
 
     @field_validator("set")
@@ -107,6 +121,15 @@ class SetOperation(StepParams):
 
 
 class UnsetOperation(StepParams):
+    """Remove fields: ``[path, ...]``; a field already absent is no change.
+
+    Example:
+        ```yaml
+        operations:
+          - unset: [legacy_flag, "address.fax"]
+        ```
+    """
+
     unset: list[str] = Field(min_length=1)
 
     @field_validator("unset")
@@ -118,6 +141,18 @@ class UnsetOperation(StepParams):
 
 
 class RenameOperation(StepParams):
+    """Move fields: ``{old path: new path, ...}``, in the order given.
+
+    The value moves as it is, replacing whatever the new path held; a document
+    without the old field is left as it is for that pair.
+
+    Example:
+        ```yaml
+        operations:
+          - rename: {bank: bank_name, "contact.tel": "contact.phone"}
+        ```
+    """
+
     rename: dict[str, str] = Field(min_length=1)
 
     @field_validator("rename")
@@ -132,6 +167,32 @@ class RenameOperation(StepParams):
 
 
 class SplitOperation(StepParams):
+    """Move one field's value into the first of several fields whose classifier accepts it.
+
+    ``field`` is the source; ``into`` maps each target field to a classifier,
+    tried in order: ``{regex: "..."}`` (with optional ``options`` such as ``i``;
+    it matches anywhere, MongoDB ``$regex`` semantics: anchor it with ``^...$``) or
+    ``{function: "module:function"}`` (gets the value, returns true or false;
+    raising ValueError counts as false). The chosen target gets the value, the
+    other targets null; a null, empty or blank value sets every target to null; a
+    document without ``field`` is left alone. ``remove_source`` (default true)
+    removes ``field``. A value no classifier accepts makes the document
+    ``unmatched``: ``invalid`` (default: left as it is, counted and logged),
+    ``error`` (counts against ``max_errors``) or ``skip``.
+
+    Example:
+        ```yaml
+        operations:
+          - split:
+              field: swift_bic_iban
+              into:
+                iban_number: {regex: "^[A-Z]{2}[0-9]{2}[A-Z0-9]{11,30}$"}
+                swift_bic_number: {function: "migration.recipes.bank_details:is_valid_bic"}
+              remove_source: true
+              unmatched: invalid
+        ```
+    """
+
     split: SplitSpec
 
 

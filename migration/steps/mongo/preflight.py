@@ -32,10 +32,6 @@ class MongoPreflight(Step["MongoPreflight.Params"]):
     less than ``disk_factor`` times the data size, naming both figures. A dry run
     reads the same figures and reports a shortfall as a warning.
 
-    Outputs: ``version``, ``topology``, ``collections`` (name -> ``{count, bytes}``),
-    ``data_bytes``, ``free_bytes`` (``null`` without ``backup_path``),
-    ``needed_bytes``, ``database``, ``ferretdb``.
-
     Example:
         ```yaml
         - id: preflight

@@ -95,9 +95,9 @@ class MongoTransform(Step["MongoTransform.Params"]):
     A ``function`` (``module:function``, imported with the working directory and
     ``PYTHONPATH`` on ``sys.path``) gets each document and returns update
     operators (``$set``, ``$unset``, ``$rename``) or None to skip it; raising
-    ``InvalidDocument`` marks it invalid (left as it is), any other exception is
-    an error. Or declarative ``operations`` (``set``, ``unset``, ``rename``,
-    ``split``; see ``migration.steps.mongo.operations``). Each batch is written
+    ``migration.errors.InvalidDocument`` marks it invalid (left as it is), any other
+    exception is an error. Or declarative ``operations`` (``set``, ``unset``, ``rename``,
+    ``split``; each described below). Each batch is written
     with unordered ``bulk_write`` of updates guarded by the values read
     (``{_id, field: value read}``, ``{$exists: false}`` for an absent field;
     embedded documents and arrays are not guarded, the ``_id`` and the scalar

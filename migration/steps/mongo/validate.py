@@ -49,10 +49,6 @@ class MongoValidate(Step["MongoValidate.Params"]):
     unless ``fail_on_error: true``. Writes ``validation-report-<ts>.json`` to
     ``report_dir``.
 
-    Outputs: ``passed`` and ``failed`` (numbers of checks), ``checks`` (list of
-    ``{name, type, passed, details}``), ``report`` (path), ``sample_id`` (the
-    first ``_id`` shown by a ``sample`` check, as text, or null).
-
     Example:
         ```yaml
         - id: validate
