@@ -286,3 +286,9 @@ class Step(Generic[P]):
         return declared if isinstance(declared, Mapping) else None
 
     # ---- end of declared outputs ------------------------------------------------------
+
+    # ---- Fields the preview shows itself ------------------------------------------------
+
+    previewed_fields: ClassVar[frozenset[str]] = frozenset()
+    """``with:`` fields that :meth:`preview` describes itself, readably (``mongo.validate``'s
+    ``checks``, one line each): the dry run does not print their raw value as well."""
