@@ -164,6 +164,8 @@ def check_templated_values(
             error = _error_at(exc, candidate, params_model, positions, file, prefix, path, guess)
             if error is not None:
                 raise error from None
+        except Exception:  # a validator that cannot take the stand-in: the run will tell
+            continue
 
 
 def _error_at(
