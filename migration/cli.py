@@ -19,6 +19,8 @@ import click
 from migration import commands, report
 from migration.errors import MigrationError
 from migration.log import configure_logging, redactor
+from migration.run_document import checkpoint_status
+from migration.state import RunDoc, Status
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -35,6 +37,24 @@ log_format_option = click.option(
     show_default=True,
     help="Console on a terminal, JSON lines otherwise.",
 )
+var_option = click.option(
+    "--var", "var_pairs", multiple=True, metavar="K=V", help="Override a plan variable (repeatable)."
+)
+env_file_option = click.option("--env-file", default=None, help="Load environment variables from this file.")
+yes_option = click.option("--yes", "assume_yes", is_flag=True, help="Pass confirm gates without a terminal.")
+allow_plan_change_option = click.option(
+    "--allow-plan-change", is_flag=True, help="Resume although the plan file changed."
+)
+
+
+def plan_inputs(fn: F) -> F:
+    """The options that feed a plan: ``--var`` and ``--env-file``."""
+    return var_option(env_file_option(fn))
+
+
+def run_options(fn: F) -> F:
+    """The options of every command that runs steps (run, resume, rollback)."""
+    return state_dir_option(plan_inputs(yes_option(fn)))
 
 
 def _fail(message: str, code: int) -> None:
@@ -77,13 +97,13 @@ def main() -> None:
     """Run production database migrations as checkpointed, resumable plans."""
 
 
-def _print_summary(state: dict[str, Any]) -> None:
+def _print_summary(state: RunDoc) -> None:
     lines = [f"run {state['run_id']}: {state['status']}"]
     for phase in state.get("phases", []):
-        cp = (phase.get("checkpoint") or {}).get("status")
+        cp = checkpoint_status(phase)
         lines.append(
             f"  {phase['id']:<24} {phase['status']:<10}"
-            + (f" checkpoint {cp}" if cp not in (None, "none", "pending") else "")
+            + (f" checkpoint {cp}" if cp not in (None, Status.NONE, Status.PENDING) else "")
         )
         for st in phase.get("steps", []):
             lines.append(f"    {st['id']:<22} {st['status']:<10} {report.fmt_seconds(st.get('duration_s'))}")
@@ -96,12 +116,9 @@ def _print_summary(state: dict[str, Any]) -> None:
 @main.command()
 @click.argument("plan")
 @click.option("--dry-run", is_flag=True, help="Show what would run; change and write nothing.")
-@state_dir_option
-@click.option("--var", "var_pairs", multiple=True, metavar="K=V", help="Override a plan variable.")
-@click.option("--env-file", default=None, help="Load environment variables from this file.")
-@click.option("--yes", "assume_yes", is_flag=True, help="Pass confirm gates without a terminal.")
+@run_options
 @click.option("--fresh", is_flag=True, help="Start a new run (the old one must be finished or abandoned).")
-@click.option("--allow-plan-change", is_flag=True, help="Resume although the plan file changed.")
+@allow_plan_change_option
 @log_format_option
 @handle_errors
 def run(
@@ -139,11 +156,8 @@ def run(
 
 @main.command()
 @click.argument("plan")
-@state_dir_option
-@click.option("--var", "var_pairs", multiple=True, metavar="K=V")
-@click.option("--env-file", default=None)
-@click.option("--yes", "assume_yes", is_flag=True)
-@click.option("--allow-plan-change", is_flag=True)
+@run_options
+@allow_plan_change_option
 @log_format_option
 @handle_errors
 def resume(
@@ -189,8 +203,7 @@ def status(plan: str | None, as_json: bool, state_dir: Path | None) -> None:
 
 @main.command()
 @click.argument("plan")
-@click.option("--var", "var_pairs", multiple=True, metavar="K=V")
-@click.option("--env-file", default=None)
+@plan_inputs
 @handle_errors
 def validate(plan: str, var_pairs: tuple[str, ...], env_file: str | None) -> None:
     """Check PLAN statically: no connections, nothing run."""
@@ -203,10 +216,7 @@ def validate(plan: str, var_pairs: tuple[str, ...], env_file: str | None) -> Non
 
 @main.command()
 @click.argument("plan")
-@state_dir_option
-@click.option("--var", "var_pairs", multiple=True, metavar="K=V")
-@click.option("--env-file", default=None)
-@click.option("--yes", "assume_yes", is_flag=True)
+@run_options
 @log_format_option
 @handle_errors
 def rollback(

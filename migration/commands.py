@@ -16,31 +16,24 @@ import structlog
 import yaml
 
 from migration import report
-from migration.context import (
-    TemplateContext,
-    build_env,
-    missing_env,
-    parse_var_overrides,
-    render_vars,
-)
+from migration.context import PLACEHOLDER_RUN_ID, RunInputs, check_vars, prepare, run_context
 from migration.errors import (
-    Interrupted,
     MigrationError,
     PlanError,
     RollbackFailed,
-    RolledBack,
     StateError,
-    StepFailed,
     UsageError,
 )
 from migration.log import redactor
-from migration.plan.loader import LoadedPlan, load_plan
+from migration.machine import run_lifecycle
+from migration.outcomes import outcome
 from migration.plan.model import Plan
 from migration.preview import Previewer
-from migration.run_document import new_state, reconcile
+from migration.run_document import failure_message, new_state, reconcile
 from migration.runner import Runner, RunOptions, interactive_stdin
-from migration.state import FINISHED, StateStore, new_run_id, now_iso
+from migration.state import FINISHED, RunDoc, StateStore, Status, new_run_id, now_iso
 from migration.steps.registry import step_types
+from migration.summary import format_status, summarize
 
 log = structlog.get_logger("migration")
 
@@ -64,99 +57,55 @@ class RunRequest:
     workdir: Path = field(default_factory=Path.cwd)
 
 
-@dataclass
-class Prepared:
-    loaded: LoadedPlan
-    env: dict[str, str]
-    vars: dict[str, Any]
-    overrides: dict[str, Any]
-    warnings: list[str]
-
-
-def _prepare(
-    plan_path: str, var_pairs: tuple[str, ...], env_file: str | None, workdir: Path, strict_env: bool
-) -> Prepared:
-    overrides = parse_var_overrides(var_pairs)
-    loaded = load_plan(plan_path, overrides)
-    warnings: list[str] = []
-    env = build_env(loaded, workdir, env_file, warnings)
-    missing = missing_env(loaded, env)
-    if missing and strict_env:
-        raise UsageError(missing[0] + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
-    warnings.extend(missing)
-    redact = redactor()
-    redact.add_env(env)
-    redact.learn(overrides)
-    # A variable named like a secret (--var db_password=...) is one, as in the environment.
-    redact.add_env({k: v for k, v in overrides.items() if isinstance(v, str)})
-    run_info = {
-        "id": "<run-id>",
-        "started_at": now_iso(),
-        "plan": loaded.plan.name,
-        "plan_name": loaded.plan.name,
-    }
-    if missing:
-        return Prepared(loaded, env, {}, overrides, warnings)
-    vars_ = render_vars(loaded, overrides, env, run_info)
-    redact.learn(vars_)
-    redact.add_env({k: v for k, v in vars_.items() if isinstance(v, str)})
-    return Prepared(loaded, env, vars_, overrides, warnings)
+def _prepare(request: RunRequest, *, strict_env: bool) -> RunInputs:
+    inputs = prepare(
+        request.plan_path,
+        request.var_pairs,
+        request.env_file,
+        request.workdir,
+        redactor(),
+        strict_env=strict_env,
+    )
+    for w in inputs.warnings:
+        log.warning(w)
+    return inputs
 
 
 def validate(plan_path: str, var_pairs: tuple[str, ...] = (), env_file: str | None = None) -> list[str]:
     """Static check, no connections. Returns warnings (e.g. a missing env variable)."""
-    prepared = _prepare(plan_path, var_pairs, env_file, Path.cwd(), strict_env=False)
-    return prepared.warnings
+    inputs = prepare(plan_path, var_pairs, env_file, Path.cwd(), redactor(), strict_env=False)
+    run_context(inputs, PLACEHOLDER_RUN_ID, now_iso(), redactor())  # vars must render
+    return inputs.warnings
 
 
 def dry_run(request: RunRequest) -> tuple[str, int]:
-    prepared = _prepare(
-        request.plan_path, request.var_pairs, request.env_file, request.workdir, strict_env=True
-    )
-    for w in prepared.warnings:
-        log.warning(w)
-    context = TemplateContext(
-        vars=prepared.vars,
-        env=prepared.env,
-        run={
-            "id": "<dry-run>",
-            "started_at": now_iso(),
-            "plan": prepared.loaded.plan.name,
-            "plan_name": prepared.loaded.plan.name,
-        },
-    )
-    previewer = Previewer(prepared.loaded, context, request.workdir, redactor(), request.assume_yes)
+    inputs = _prepare(request, strict_env=True)
+    context = run_context(inputs, PLACEHOLDER_RUN_ID, now_iso(), redactor())
+    previewer = Previewer(inputs.loaded, context, request.workdir, redactor(), request.assume_yes)
     text = previewer.render()
     return text, 1 if previewer.problems else 0
 
 
-def _resume_message(state: dict[str, Any], plan_path: str) -> str:
-    return f"run {state['run_id']} of {state['plan_name']}; resume it with: migration run {plan_path}"
-
-
-def run(request: RunRequest) -> dict[str, Any]:
+def run(request: RunRequest) -> RunDoc:
     """Run a plan, or resume its unfinished run. Returns the final state (succeeded);
     raises the outcome's MigrationError otherwise."""
-    prepared = _prepare(
-        request.plan_path, request.var_pairs, request.env_file, request.workdir, strict_env=True
-    )
-    for w in prepared.warnings:
-        log.warning(w)
-    loaded = prepared.loaded
+    inputs = _prepare(request, strict_env=True)
+    check_vars(inputs)
+    loaded = inputs.loaded
     store = _acquire(request.state_dir, loaded.plan.name)
     try:
         current = store.load_current()
-        state: dict[str, Any]
+        state: RunDoc
         if current is not None and current["status"] not in FINISHED:
             if request.fresh:
                 raise UsageError(
                     f"run {current['run_id']} is unfinished ({current['status']}); --fresh starts a new run "
                     f"only after it is abandoned: migration abandon {request.plan_path}"
                 )
-            if current["status"] == "rollback_failed":
+            if current["status"] == Status.ROLLBACK_FAILED:
                 raise RollbackFailed(
                     f"run {current['run_id']}: the rollback failed and needs an operator "
-                    f"({(current.get('rollback') or {}).get('error')}). Fix the cause, then retry the "
+                    f"({current['rollback'].get('error')}). Fix the cause, then retry the "
                     f"remaining rollback steps with: migration rollback {request.plan_path}; or, after "
                     f"repairing by hand: migration abandon {request.plan_path}"
                 )
@@ -173,18 +122,22 @@ def run(request: RunRequest) -> dict[str, Any]:
                 current["plan_digest"] = loaded.digest
             reconcile(current, loaded)
             state = current
+            # vars are rendered again on resume: they are not stored (they may hold env values)
+            context = run_context(inputs, state["run_id"], state["started_at"], redactor())
             log.info("resuming", run_id=state["run_id"], status=state["status"])
         else:
             if request.resume_only:
                 raise UsageError(f"no unfinished run of plan {loaded.plan.name} to resume")
-            state = new_state(loaded, new_run_id(), request.workdir, list(prepared.overrides))
+            run_id, started_at = new_run_id(), now_iso()
+            context = run_context(inputs, run_id, started_at, redactor())  # before the run exists
+            state = new_state(loaded, run_id, started_at, request.workdir, list(inputs.overrides))
             store.save(state)
             store.set_current(state["run_id"])
             log.info("new run", run_id=state["run_id"], plan=loaded.plan.name)
-        runner = Runner(loaded, store, state, _options(request, prepared), redactor())
+        runner = Runner(loaded.plan, store, state, context, _options(request), redactor())
         with runner.signals():
             runner.execute()
-        return _outcome(runner.state, request.plan_path, loaded.plan.on_failure)
+        return outcome(runner.state, request.plan_path, loaded.plan.on_failure)
     finally:
         store.release()
 
@@ -202,61 +155,22 @@ def _acquire(state_dir: Path, plan_name: str) -> StateStore:
     return store
 
 
-def _options(request: RunRequest, prepared: Prepared) -> RunOptions:
+def _options(request: RunRequest) -> RunOptions:
     return RunOptions(
         workdir=request.workdir,
-        env=prepared.env,
-        vars=prepared.vars,
         assume_yes=request.assume_yes,
         interactive=interactive_stdin(),
         show_progress_bars=request.show_progress_bars,
     )
 
 
-def _outcome(state: dict[str, Any], plan_path: str, on_failure: str = "stop") -> dict[str, Any]:
-    status = state["status"]
-    error = (state.get("error") or {}).get("message", "")
-    if status == "succeeded":
-        return state
-    if status == "interrupted":
-        raise Interrupted(f"interrupted; {_resume_message(state, plan_path)}")
-    if status == "failed":
-        if on_failure == "rollback":
-            raise StepFailed(
-                f"{error}. Nothing was undone: the plan has no rollback for the phases that ran. Fix the "
-                f"cause and resume from the failed step with: migration run {plan_path}"
-            )
-        raise StepFailed(
-            f"{error}. The run stopped (on_failure: stop). Fix the cause and resume from the failed "
-            f"step with: migration run {plan_path}; or undo with: migration rollback {plan_path}"
-        )
-    if status == "rolled_back":
-        rb = state.get("rollback") or {}
-        skipped = [s for s in rb.get("steps", []) if s["status"] == "skipped"]
-        note = "; ".join(f"{s['id']}: {s.get('reason')}" for s in skipped)
-        raise RolledBack(
-            f"{error or rb.get('reason')}. Rollback completed ({len(rb.get('steps', []))} step(s))"
-            + (f"; skipped {note}" if note else "")
-        )
-    if status == "rollback_failed":
-        rb = state.get("rollback") or {}
-        raise RollbackFailed(
-            f"ROLLBACK FAILED - manual intervention needed. Original failure: {error or rb.get('reason')}. "
-            f"Rollback: {rb.get('error')}. "
-            f"Rollback steps done: {', '.join(rb.get('done') or []) or 'none'}; "
-            f"not done: {', '.join(rb.get('remaining') or []) or 'none'}. "
-            "The system may be half rolled back: "
-            f"check it, fix the cause, then retry the remaining steps with: migration rollback {plan_path}"
-        )
-    raise StateError(f"run ended in unexpected state {status}")
-
-
-def rollback(request: RunRequest) -> dict[str, Any]:
+def rollback(request: RunRequest) -> RunDoc:
     """Run (or finish) the rollback of the plan's latest run."""
-    prepared = _prepare(
-        request.plan_path, request.var_pairs, request.env_file, request.workdir, strict_env=True
+    inputs = prepare(
+        request.plan_path, request.var_pairs, request.env_file, request.workdir, redactor(), strict_env=True
     )
-    loaded = prepared.loaded
+    check_vars(inputs)
+    loaded = inputs.loaded
     store = _acquire(request.state_dir, loaded.plan.name)
     try:
         state = store.load_current()
@@ -264,10 +178,10 @@ def rollback(request: RunRequest) -> dict[str, Any]:
             raise UsageError(
                 f"plan {loaded.plan.name} has no run to roll back (state dir {request.state_dir})"
             )
-        if state["status"] == "rolled_back":
+        if state["status"] == Status.ROLLED_BACK:
             log.info("already rolled back", run_id=state["run_id"])
             return state
-        if state["status"] == "abandoned":
+        if state["status"] == Status.ABANDONED:
             raise UsageError(f"run {state['run_id']} was abandoned; nothing to roll back")
         plan = loaded.plan
         if isinstance(plan.rollback, list) and not plan.rollback and not any(p.rollback for p in plan.phases):
@@ -275,19 +189,20 @@ def rollback(request: RunRequest) -> dict[str, Any]:
                 f"plan {plan.name} defines no rollback (no rollback: and no phase rollbacks); "
                 "nothing can be undone automatically"
             )
-        if state["status"] == "rolling_back" or state.get("interrupted_from") == "rolling_back":
+        if state["status"] == Status.ROLLING_BACK or state.get("interrupted_from") == Status.ROLLING_BACK:
             pass
-        elif state["status"] == "running":
-            state["status"] = "interrupted"
+        elif state["status"] == Status.RUNNING:
+            state["status"] = Status.INTERRUPTED
         reconcile(state, loaded)
-        runner = Runner(loaded, store, state, _options(request, prepared), redactor())
-        reason = (state.get("error") or {}).get("message") or "rollback requested by operator"
+        context = run_context(inputs, state["run_id"], state["started_at"], redactor())
+        runner = Runner(loaded.plan, store, state, context, _options(request), redactor())
+        reason = failure_message(state) or "rollback requested by operator"
         with runner.signals():
             runner.rollback(reason)
         final = runner.state
-        if final["status"] == "rolled_back":
+        if final["status"] == Status.ROLLED_BACK:
             return final
-        return _outcome(final, request.plan_path)
+        return outcome(final, request.plan_path)
     finally:
         store.release()
 
@@ -312,12 +227,16 @@ def abandon(plan_path: str, state_dir: Path) -> dict[str, Any]:
         if state is None or state["status"] in FINISHED:
             raise UsageError(f"plan {name} has no unfinished run to abandon")
         before = state["status"]
-        state["status"] = "abandoned"
+        lifecycle = run_lifecycle(before)
+        lifecycle.fire("abandon")
+        state["status"] = lifecycle.state
         state["abandoned_from"] = before
         state["finished_at"] = now_iso()
         store.save(state)
-        store.open_events(state["run_id"]).emit("run", transition="abandon", source=before, dest="abandoned")
-        return state
+        store.open_events(state["run_id"]).emit(
+            "run", transition="abandon", source=before, dest=Status.ABANDONED
+        )
+        return dict(state)
     finally:
         store.release()
 
@@ -338,36 +257,6 @@ def plan_name_of(plan: str) -> str:
     return plan
 
 
-def _summary(state: dict[str, Any], store: StateStore | None = None) -> dict[str, Any]:
-    steps = [s for p in state.get("phases", []) for s in p.get("steps", [])]
-    counts: dict[str, int] = {}
-    for s in steps:
-        counts[s["status"]] = counts.get(s["status"], 0) + 1
-    current = next((s["id"] for s in steps if s["status"] in ("running", "interrupted", "failed")), None)
-    return {
-        "plan_name": state.get("plan_name"),
-        "run_id": state.get("run_id"),
-        "status": state.get("status"),
-        "started_at": state.get("started_at"),
-        "finished_at": state.get("finished_at"),
-        "needs_operator": state.get("needs_operator", False),
-        "error": (state.get("error") or {}).get("message"),
-        "steps": counts,
-        "current_step": current,
-        "rollback": (state.get("rollback") or {}).get("status"),
-        "downtime_s": (report.downtime(state) or {}).get("seconds"),
-        "phases": [
-            {"id": p["id"], "status": p["status"], "checkpoint": (p.get("checkpoint") or {}).get("status")}
-            for p in state.get("phases", [])
-        ],
-        # A run recorded as in progress whose process is gone died (or was SIGKILLed).
-        "process_alive": store.lock.is_held() if store and state.get("status") in _LIVE else None,
-    }
-
-
-_LIVE = frozenset({"pending", "running", "rolling_back"})
-
-
 def status(plan: str | None, state_dir: Path) -> list[dict[str, Any]]:
     """Summaries of the latest run of one plan, or of every plan in the state directory."""
     names = (
@@ -385,29 +274,8 @@ def status(plan: str | None, state_dir: Path) -> list[dict[str, Any]]:
             if plan:
                 raise UsageError(f"plan {name} has no runs in {state_dir}")
             continue
-        out.append(_summary(state, store))
+        out.append(summarize(state, store))
     return out
-
-
-def format_status(rows: list[dict[str, Any]]) -> str:
-    if not rows:
-        return "no runs\n"
-    lines = []
-    for r in rows:
-        steps = ", ".join(f"{n} {k}" for k, n in sorted(r["steps"].items()))
-        lines.append(f"{r['plan_name']}: {r['status']} (run {r['run_id']}, started {r['started_at']})")
-        if r.get("process_alive") is False:
-            lines.append("  its process is gone (it died): `migration run` resumes it")
-        lines.append(f"  steps: {steps}")
-        if r["current_step"]:
-            lines.append(f"  at step: {r['current_step']}")
-        if r["error"]:
-            lines.append(f"  failure: {r['error']}")
-        if r["rollback"]:
-            lines.append(f"  rollback: {r['rollback']}")
-        if r["needs_operator"]:
-            lines.append("  NEEDS AN OPERATOR: the rollback did not complete")
-    return "\n".join(lines) + "\n"
 
 
 def make_report(plan: str, fmt: str, run_id: str | None, state_dir: Path) -> str:

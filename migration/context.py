@@ -1,4 +1,11 @@
-"""What templates see: ``vars``, ``env``, ``steps``, ``run``; and the environment they come from."""
+"""The run's context: what templates see (``vars``, ``env``, ``steps``, ``run``), built once.
+
+A pipeline: :func:`prepare` loads the plan, the environment and ``--var``
+overrides (everything known before a run exists); :func:`run_context` renders
+``vars`` once the run's id and start time are known (a new run, or the run
+being resumed) and gives the :class:`TemplateContext` the runner renders every
+step with. A dry run and ``validate`` use a placeholder run.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from migration.errors import PlanError, UsageError
+from migration.errors import UsageError
 from migration.plan import templates
-from migration.plan.loader import LoadedPlan, env_references, format_path
+from migration.plan.loader import LoadedPlan, env_references, format_path, load_plan
 from migration.secrets import Redactor
+from migration.steps.base import Step
+
+# The run id a dry run or ``validate`` renders with: no run exists.
+PLACEHOLDER_RUN_ID = "<dry-run>"
 
 _ENV_LINE = re.compile(r"^\s*(?:export\s+)?(?P<key>[A-Za-z_][A-Za-z0-9_]*)\s*=\s*(?P<value>.*?)\s*$")
 
@@ -127,10 +138,68 @@ def parse_var_overrides(pairs: tuple[str, ...] | list[str]) -> dict[str, Any]:
     return result
 
 
-def learn_secrets(redact: Redactor, env: Mapping[str, str], values: Any) -> None:
+@dataclass
+class RunInputs:
+    """Everything a run of a plan needs that is known before the run exists."""
+
+    loaded: LoadedPlan
+    env: dict[str, str]
+    overrides: dict[str, Any]
+    warnings: list[str]
+    missing_env: list[str]
+
+
+def prepare(
+    plan_path: str,
+    var_pairs: tuple[str, ...],
+    env_file: str | None,
+    workdir: Path,
+    redact: Redactor,
+    *,
+    strict_env: bool,
+) -> RunInputs:
+    """Load the plan, its environment and ``--var`` overrides; teach ``redact`` their secrets.
+
+    With ``strict_env`` a missing environment variable is a UsageError (``run``);
+    without, a warning (``validate``).
+    """
+    overrides = parse_var_overrides(var_pairs)
+    loaded = load_plan(plan_path, overrides)
+    warnings: list[str] = []
+    env = build_env(loaded, workdir, env_file, warnings)
+    missing = missing_env(loaded, env)
+    if missing and strict_env:
+        raise UsageError(missing[0] + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    warnings.extend(missing)
     redact.add_env(env)
-    redact.learn(values)
+    redact.learn(overrides)
+    # A variable named like a secret (--var db_password=...) is one, as in the environment.
+    redact.add_env({k: v for k, v in overrides.items() if isinstance(v, str)})
+    return RunInputs(loaded, env, overrides, warnings, missing)
 
 
-def plan_error_for(loaded: LoadedPlan, exc: templates.TemplateError, loc: tuple[str | int, ...]) -> PlanError:
-    return loaded.error(loc, str(exc))
+def check_vars(inputs: RunInputs) -> None:
+    """Render ``vars`` with a placeholder run, to refuse a bad template before anything
+    is written (the run's own context comes once the run exists)."""
+    if not inputs.missing_env:
+        name = inputs.loaded.plan.name
+        run = {"id": PLACEHOLDER_RUN_ID, "started_at": "", "plan": name, "plan_name": name}
+        render_vars(inputs.loaded, inputs.overrides, inputs.env, run)
+
+
+def run_context(inputs: RunInputs, run_id: str, started_at: str, redact: Redactor) -> TemplateContext:
+    """The context of one run: ``vars`` rendered with the real ``run`` (id, start, plan)."""
+    name = inputs.loaded.plan.name
+    run = {"id": run_id, "started_at": started_at, "plan": name, "plan_name": name}
+    if inputs.missing_env:  # validate: vars that read env cannot be rendered
+        return TemplateContext(vars={}, env=inputs.env, run=run)
+    rendered = render_vars(inputs.loaded, inputs.overrides, inputs.env, run)
+    redact.learn(rendered)
+    redact.add_env({k: v for k, v in rendered.items() if isinstance(v, str)})
+    return TemplateContext(vars=rendered, env=inputs.env, run=run)
+
+
+def render_with(step_type: type[Step[Any]], with_: dict[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+    """A step's ``with:`` rendered against ``context`` for its step type (each field
+    quoted as the type says: see ``Step.field_quoters``). Raises TemplateError."""
+    return templates.render_with(with_, context, step_type.field_quoters(with_))

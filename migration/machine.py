@@ -1,4 +1,4 @@
-"""The run and phase lifecycles as ``transitions`` state machines.
+"""The run, phase and step lifecycles as ``transitions`` state machines.
 
 The machines only decide which moves are legal; the runner does the work in its
 own loop and persists after every trigger (a callback that raised after a state
@@ -7,53 +7,62 @@ change would leave the new state in place, so no work happens in callbacks).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from transitions import Machine, MachineError
 
 from migration.errors import StateError
+from migration.state.document import PHASE_STATES, RUN_STATES, STEP_STATES, Status
 
-RUN_STATES = [
-    "pending",
-    "running",
-    "succeeded",
-    "failed",
-    "rolling_back",
-    "rolled_back",
-    "rollback_failed",
-    "interrupted",
-    "abandoned",
-]
+S = Status
 
 RUN_TRANSITIONS: list[dict[str, Any]] = [
-    {"trigger": "start", "source": "pending", "dest": "running"},
+    {"trigger": "start", "source": S.PENDING, "dest": S.RUNNING},
     # resume after SIGINT/SIGTERM or a crash, or retry after on_failure: stop
-    {"trigger": "resume", "source": ["interrupted", "failed", "running"], "dest": "running"},
-    {"trigger": "succeed", "source": "running", "dest": "succeeded"},
-    {"trigger": "fail", "source": "running", "dest": "failed"},
+    {"trigger": "resume", "source": [S.INTERRUPTED, S.FAILED, S.RUNNING], "dest": S.RUNNING},
+    {"trigger": "succeed", "source": S.RUNNING, "dest": S.SUCCEEDED},
+    {"trigger": "fail", "source": S.RUNNING, "dest": S.FAILED},
     {
         "trigger": "roll_back",
-        "source": ["failed", "succeeded", "interrupted", "rollback_failed", "rolling_back", "running"],
-        "dest": "rolling_back",
+        "source": [S.FAILED, S.SUCCEEDED, S.INTERRUPTED, S.ROLLBACK_FAILED, S.ROLLING_BACK, S.RUNNING],
+        "dest": S.ROLLING_BACK,
     },
-    {"trigger": "rollback_done", "source": "rolling_back", "dest": "rolled_back"},
-    {"trigger": "rollback_error", "source": "rolling_back", "dest": "rollback_failed"},
-    {"trigger": "interrupt", "source": ["running", "rolling_back", "pending"], "dest": "interrupted"},
+    {"trigger": "rollback_done", "source": S.ROLLING_BACK, "dest": S.ROLLED_BACK},
+    {"trigger": "rollback_error", "source": S.ROLLING_BACK, "dest": S.ROLLBACK_FAILED},
+    {"trigger": "interrupt", "source": [S.RUNNING, S.ROLLING_BACK, S.PENDING], "dest": S.INTERRUPTED},
     {
         "trigger": "abandon",
-        "source": ["pending", "running", "failed", "interrupted", "rolling_back", "rollback_failed"],
-        "dest": "abandoned",
+        "source": [S.PENDING, S.RUNNING, S.FAILED, S.INTERRUPTED, S.ROLLING_BACK, S.ROLLBACK_FAILED],
+        "dest": S.ABANDONED,
     },
 ]
 
-PHASE_STATES = ["pending", "running", "succeeded", "failed", "skipped"]
-
 PHASE_TRANSITIONS: list[dict[str, Any]] = [
-    {"trigger": "start", "source": ["pending", "running", "failed"], "dest": "running"},
-    {"trigger": "succeed", "source": "running", "dest": "succeeded"},
-    {"trigger": "fail", "source": "running", "dest": "failed"},
-    {"trigger": "skip", "source": "pending", "dest": "skipped"},
+    {"trigger": "start", "source": [S.PENDING, S.RUNNING, S.FAILED], "dest": S.RUNNING},
+    {"trigger": "succeed", "source": S.RUNNING, "dest": S.SUCCEEDED},
+    {"trigger": "fail", "source": S.RUNNING, "dest": S.FAILED},
+    {"trigger": "skip", "source": S.PENDING, "dest": S.SKIPPED},
 ]
+
+
+STEP_TRANSITIONS: list[dict[str, Any]] = [
+    # a fresh attempt; also the re-run of an attempt a dead process left "running"
+    {"trigger": "start", "source": [S.PENDING, S.RUNNING, S.INTERRUPTED, S.FAILED], "dest": S.RUNNING},
+    {"trigger": "succeed", "source": S.RUNNING, "dest": S.SUCCEEDED},
+    # a failed attempt with retries left waits as pending
+    {"trigger": "retry", "source": S.RUNNING, "dest": S.PENDING},
+    {"trigger": "fail", "source": [S.PENDING, S.RUNNING, S.INTERRUPTED, S.FAILED], "dest": S.FAILED},
+    # ``when:`` false, or a rollback step whose inputs never came to be
+    {"trigger": "skip", "source": [S.PENDING, S.INTERRUPTED, S.FAILED, S.RUNNING], "dest": S.SKIPPED},
+    {"trigger": "interrupt", "source": S.RUNNING, "dest": S.INTERRUPTED},
+]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, list):
+        return [str(item) for item in value]
+    return str(value)
 
 
 class Lifecycle:
@@ -61,16 +70,26 @@ class Lifecycle:
 
     state: str
 
-    def __init__(self, states: list[str], transitions: list[dict[str, Any]], initial: str, what: str) -> None:
+    def __init__(
+        self, states: Iterable[str], transitions: list[dict[str, Any]], initial: str, what: str
+    ) -> None:
         self.what = what
+        # Plain strings: transitions would name Enum states by their member names.
         self.machine = Machine(
             model=self,
-            states=states,
-            transitions=transitions,
-            initial=initial,
+            states=[str(state) for state in states],
+            transitions=[{key: _plain(value) for key, value in move.items()} for move in transitions],
+            initial=str(initial),
             auto_transitions=False,
             send_event=False,
         )
+
+    def fire_from(self, state: str, trigger: str, what: str) -> str:
+        """Apply ``trigger`` from ``state`` (this machine reused for many objects); the new state."""
+        self.state = str(state)
+        self.what = what
+        self.fire(trigger)
+        return self.state
 
     def fire(self, trigger: str) -> str:
         """Apply ``trigger``; an illegal move is a StateError naming both states."""
@@ -92,3 +111,9 @@ def phase_lifecycle(phase_id: str, initial: str) -> Lifecycle:
     if initial not in PHASE_STATES:
         raise StateError(f"unknown status {initial!r} of phase {phase_id} in the state file")
     return Lifecycle(PHASE_STATES, PHASE_TRANSITIONS, initial, f"phase {phase_id}")
+
+
+def step_lifecycle(step_id: str, initial: str) -> Lifecycle:
+    if initial not in STEP_STATES:
+        raise StateError(f"unknown status {initial!r} of step {step_id} in the state file")
+    return Lifecycle(sorted(STEP_STATES), STEP_TRANSITIONS, initial, f"step {step_id}")

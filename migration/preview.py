@@ -14,12 +14,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from migration.context import TemplateContext
+from migration.context import TemplateContext, render_with
 from migration.errors import MigrationError
 from migration.plan import templates
 from migration.plan.loader import LoadedPlan
 from migration.plan.model import StepSpec
 from migration.secrets import Redactor
+from migration.state.document import Status
 from migration.steps.base import StepContext
 from migration.steps.registry import get_step_type
 
@@ -50,7 +51,7 @@ class Previewer:
             *loaded.plan.rollback_steps(),
         ]
         context.steps = {
-            s.id: {"outputs": templates.Placeholder(f"steps.{s.id}.outputs"), "status": "pending"}
+            s.id: {"outputs": templates.Placeholder(f"steps.{s.id}.outputs"), "status": Status.PENDING}
             for s in everything
         }
 
@@ -76,7 +77,7 @@ class Previewer:
         assert step_type is not None
         ctx_dict = self.context.as_dict()
         try:
-            rendered = templates.render_with(spec.with_, ctx_dict, step_type.field_quoters(spec.with_))
+            rendered = render_with(step_type, spec.with_, ctx_dict)
         except templates.TemplateError as exc:
             self.problems.append(f"{spec.id}: {exc}")
             self.out(f"with: cannot render: {exc}", indent + 2)

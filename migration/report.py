@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
+
+from migration.errors import MigrationError
+from migration.state.document import RunDoc, Status, StepDoc
+from migration.steps.base import Step
+from migration.steps.registry import get_step_type
 
 
 def _ts(value: str | None) -> datetime | None:
@@ -37,18 +43,18 @@ def fmt_seconds(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m{sec:02d}s"
 
 
-def _find_step(state: dict[str, Any], step_id: str) -> dict[str, Any] | None:
+def _find_step(state: RunDoc, step_id: str) -> StepDoc | None:
     for phase in state.get("phases", []):
         for st in phase.get("steps", []):
             if st.get("id") == step_id:
                 return st
-    for st in (state.get("rollback") or {}).get("steps", []):
+    for st in state["rollback"]["steps"]:
         if st.get("id") == step_id:
             return st
     return None
 
 
-def downtime(state: dict[str, Any]) -> dict[str, Any] | None:
+def downtime(state: RunDoc) -> dict[str, Any] | None:
     """From the start of the step that stops the app to the end of the one that brings it back.
 
     While the app is still down (the run failed or stopped before ``end``), the
@@ -61,7 +67,7 @@ def downtime(state: dict[str, Any]) -> dict[str, Any] | None:
     end = _find_step(state, spec["end"])
     if not start or not start.get("started_at"):
         return {"seconds": None, "from": None, "to": None, "note": "the app was not stopped"}
-    if end and end.get("status") == "succeeded":
+    if end and end.get("status") == Status.SUCCEEDED:
         return {
             "seconds": _duration(start["started_at"], end["finished_at"]),
             "from": start["started_at"],
@@ -83,7 +89,7 @@ def _short(value: Any, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def markdown(state: dict[str, Any]) -> str:
+def markdown(state: RunDoc) -> str:
     lines: list[str] = []
     add = lines.append
     add(f"# Migration report: {state.get('plan_name')}")
@@ -97,8 +103,9 @@ def markdown(state: dict[str, Any]) -> str:
     if dt is not None:
         add(f"- downtime: **{fmt_seconds(dt['seconds'])}** ({dt['note']})")
     add(f"- plan: `{state.get('plan_path')}` ({state.get('plan_digest')})")
-    if state.get("error"):
-        add(f"- failure: {state['error'].get('message')}")
+    error = state.get("error")
+    if error:
+        add(f"- failure: {error.get('message')}")
     if state.get("needs_operator"):
         add("- **needs an operator**: the rollback did not complete")
     add("")
@@ -120,8 +127,8 @@ def markdown(state: dict[str, Any]) -> str:
     add("## Checkpoints")
     add("")
     for phase in state.get("phases", []):
-        cp = phase.get("checkpoint") or {}
-        if not cp.get("results"):
+        cp = phase.get("checkpoint")
+        if not cp or not cp.get("results"):
             continue
         add(f"- **{phase['id']}**: {cp.get('status')}")
         for r in cp["results"]:
@@ -143,7 +150,7 @@ def markdown(state: dict[str, Any]) -> str:
             if st.get("error"):
                 add(f"- **{st['id']} error**: {st['error']}")
                 add("")
-    rb = state.get("rollback") or {}
+    rb = state["rollback"]
     if rb.get("status"):
         add("## Rollback")
         add("")
@@ -158,62 +165,33 @@ def markdown(state: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _steps_using(state: dict[str, Any], uses: str) -> list[dict[str, Any]]:
-    return [
-        st
-        for phase in state.get("phases", [])
-        for st in phase.get("steps", [])
-        if st.get("uses") == uses and st.get("outputs")
-    ]
+def _domain_sections(state: RunDoc, add: Callable[[str], None]) -> None:
+    """What an operator reads first (transform counters, validation results): each step
+    type says what it adds (``Step.report_sections``); grouped by type, in name order."""
+    by_type: dict[str, list[StepDoc]] = {}
+    for phase in state["phases"]:
+        for st in phase["steps"]:
+            if st.get("outputs"):
+                by_type.setdefault(st["uses"], []).append(st)
+    for uses in sorted(by_type):
+        step_type = _step_type(uses)
+        if step_type is None:
+            continue
+        for st in by_type[uses]:
+            for line in step_type.report_sections(st["id"], st.get("outputs") or {}):
+                add(line)
 
 
-def _domain_sections(state: dict[str, Any], add: Any) -> None:
-    """What an operator reads first: transform counters and validation results."""
-    for st in _steps_using(state, "mongo.transform"):
-        out = st["outputs"]
-        add(f"## Transform: {st['id']}")
-        add("")
-        add("| total | migrated | skipped | invalid | errors | conflicts |")
-        add("|---|---|---|---|---|---|")
-        add(
-            " | ".join(
-                [
-                    "",
-                    *(
-                        str(out.get(k, "-"))
-                        for k in ("total", "migrated", "skipped", "invalid", "errors", "conflicts")
-                    ),
-                    "",
-                ]
-            ).strip()
-        )
-        if out.get("log"):
-            add("")
-            add(f"Per-record log: `{out['log']}`")
-        add("")
-    for st in _steps_using(state, "mongo.validate"):
-        out = st["outputs"]
-        add(f"## Validation: {st['id']} ({out.get('passed', 0)} passed, {out.get('failed', 0)} failed)")
-        add("")
-        for check in out.get("checks") or []:
-            mark = "pass" if check.get("passed") else "FAIL"
-            details = check.get("details") or {}
-            summary = details.get("summary") if isinstance(details, dict) else None
-            add(
-                f"- [{mark}] **{check.get('name')}** ({check.get('type')})"
-                + (f": {summary}" if summary else "")
-            )
-            counts = details.get("counts") if isinstance(details, dict) else None
-            if check.get("type") == "distribution" and isinstance(counts, dict):
-                for group, count in counts.items():
-                    add(f"  - {group}: {count}")
-        if out.get("report"):
-            add("")
-            add(f"Validation report: `{out['report']}`")
-        add("")
+def _step_type(uses: str) -> type[Step[Any]] | None:
+    """The step type a report section comes from; a report of an old run must not fail
+    because a plugin is gone or broken."""
+    try:
+        return get_step_type(uses)
+    except MigrationError:
+        return None
 
 
-def html_report(state: dict[str, Any]) -> str:
+def html_report(state: RunDoc) -> str:
     """HTML: the Markdown report's content, escaped, in a minimal page."""
     body = []
     for line in markdown(state).splitlines():

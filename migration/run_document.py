@@ -1,21 +1,23 @@
-"""The run document: the JSON the state file holds, and fitting it to a plan."""
+"""Building run documents (see :mod:`migration.state.document`) and fitting them to a plan."""
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 from pathlib import Path
 from typing import Any
 
 from migration.plan.loader import LoadedPlan
-from migration.plan.model import StepSpec
-from migration.state import now_iso
+from migration.plan.model import Phase
+from migration.state.document import SCHEMA_VERSION, PhaseDoc, RollbackDoc, RunDoc, Status, StepDoc
 
 
-def new_step_state(spec: StepSpec) -> dict[str, Any]:
+def new_step_state(step_id: str, uses: str) -> StepDoc:
     return {
-        "id": spec.id,
-        "uses": spec.uses,
-        "status": "pending",
+        "id": step_id,
+        "uses": uses,
+        "status": Status.PENDING,
         "attempts": 0,
         "outputs": {},
         "error": None,
@@ -24,31 +26,50 @@ def new_step_state(spec: StepSpec) -> dict[str, Any]:
     }
 
 
-def new_phase_state(phase: Any, old: dict[str, Any] | None) -> dict[str, Any]:
-    old_steps = {s["id"]: s for s in (old or {}).get("steps", [])}
+def new_phase_state(phase: Phase, old: PhaseDoc | None) -> PhaseDoc:
+    if old is None:
+        return {
+            "id": phase.id,
+            "status": Status.PENDING,
+            "started_at": None,
+            "finished_at": None,
+            "checkpoint": {"status": Status.PENDING, "results": []},
+            "steps": [new_step_state(s.id, s.uses) for s in phase.steps],
+        }
+    old_steps = {s["id"]: s for s in old.get("steps", [])}
     return {
         "id": phase.id,
-        "status": (old or {}).get("status", "pending"),
-        "started_at": (old or {}).get("started_at"),
-        "finished_at": (old or {}).get("finished_at"),
-        "checkpoint": (old or {}).get("checkpoint") or {"status": "pending", "results": []},
-        "steps": [old_steps.get(s.id) or new_step_state(s) for s in phase.steps],
+        "status": old.get("status", Status.PENDING),
+        "started_at": old.get("started_at"),
+        "finished_at": old.get("finished_at"),
+        "checkpoint": old.get("checkpoint") or {"status": Status.PENDING, "results": []},
+        "steps": [old_steps.get(s.id) or new_step_state(s.id, s.uses) for s in phase.steps],
     }
 
 
-def new_state(loaded: LoadedPlan, run_id: str, workdir: Path, var_overrides: list[str]) -> dict[str, Any]:
-    """A fresh run. Rendered vars are not stored: they may hold values from ``env``."""
-    import os
-    import socket
-
+def new_rollback_state() -> RollbackDoc:
     return {
-        "schema_version": 1,
+        "status": None,
+        "reason": None,
+        "started_at": None,
+        "finished_at": None,
+        "steps": [],
+        "error": None,
+    }
+
+
+def new_state(
+    loaded: LoadedPlan, run_id: str, started_at: str, workdir: Path, var_overrides: list[str]
+) -> RunDoc:
+    """A fresh run. Rendered vars are not stored: they may hold values from ``env``."""
+    return {
+        "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
         "plan_name": loaded.plan.name,
         "plan_path": str(loaded.path),
         "plan_digest": loaded.digest,
-        "status": "pending",
-        "started_at": now_iso(),
+        "status": Status.PENDING,
+        "started_at": started_at,
         "finished_at": None,
         "workdir": str(workdir),
         "host": socket.gethostname(),
@@ -59,22 +80,31 @@ def new_state(loaded: LoadedPlan, run_id: str, workdir: Path, var_overrides: lis
         "interrupted_from": None,
         "downtime": loaded.plan.downtime.model_dump() if loaded.plan.downtime else None,
         "phases": [new_phase_state(p, None) for p in loaded.plan.phases],
-        "rollback": {
-            "status": None,
-            "reason": None,
-            "started_at": None,
-            "finished_at": None,
-            "steps": [],
-            "error": None,
-        },
+        "rollback": new_rollback_state(),
     }
 
 
-def reconcile(state: dict[str, Any], loaded: LoadedPlan) -> None:
+def reconcile(state: RunDoc, loaded: LoadedPlan) -> None:
     """Fit a saved state to the plan (same plan: no change; an allowed changed plan:
     steps and phases matched by id keep their status and outputs)."""
     old = {p["id"]: p for p in state["phases"]}
     state["phases"] = [new_phase_state(p, old.get(p.id)) for p in loaded.plan.phases]
+
+
+def all_steps(state: RunDoc) -> list[StepDoc]:
+    """Every step of the run, the rollback's entries last."""
+    return [*(st for phase in state["phases"] for st in phase["steps"]), *state["rollback"]["steps"]]
+
+
+def failure_message(state: RunDoc) -> str | None:
+    """The message of the failure that stopped the run, if any."""
+    error = state.get("error")
+    return error.get("message") if error else None
+
+
+def checkpoint_status(phase: PhaseDoc) -> str | None:
+    checkpoint = phase.get("checkpoint")
+    return checkpoint["status"] if checkpoint else None
 
 
 def jsonable(value: Any) -> Any:

@@ -1,19 +1,22 @@
 """The drive loop: run steps, evaluate checkpoints, roll back; persist after every change.
 
-The state dict is the truth. Each action is: decide from the state, persist the
-intent (``running``), act, persist the result. A process killed at any moment
-therefore leaves a state file that says exactly what was completed.
+The run document is the truth. Each action is: decide from the document,
+persist the intent (``running``), act, persist the result. A process killed at
+any moment therefore leaves a state file that says exactly what was completed.
+
+There is one step loop, :meth:`Runner._run_entries`: it runs a phase's steps
+forward and the rollback's entries (computed by :mod:`migration.rollback`)
+backward.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,25 +24,25 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
-from migration.context import TemplateContext
+from migration.checkpoints import evaluate_checkpoint
+from migration.context import TemplateContext, render_with
 from migration.errors import Interrupted, MigrationError, StepError
+from migration.interrupts import Interrupts, StepTimeout
 from migration.leftovers import STEP_MARK, leftover_processes, stop_leftovers
-from migration.machine import Lifecycle, phase_lifecycle, run_lifecycle
+from migration.machine import Lifecycle, phase_lifecycle, run_lifecycle, step_lifecycle
 from migration.plan import templates
-from migration.plan.loader import LoadedPlan
-from migration.plan.model import StepSpec
-from migration.rollback import RollbackDriver
-from migration.run_document import jsonable
+from migration.plan.model import Phase, Plan, StepSpec
+from migration.rollback import Entry, missing_dependency, phase_entries, rollback_entries, rollback_steps
+from migration.run_document import all_steps, failure_message, jsonable
 from migration.secrets import Redactor
-from migration.state import StateStore, now_iso
-from migration.steps.base import StepContext, StopFlag
+from migration.state import DONE, PhaseDoc, RunDoc, StateStore, Status, StepDoc, now_iso
+from migration.state.document import ENDED
+from migration.steps.base import Step, StepContext
 from migration.steps.registry import get_step_type
+from migration.steps.rollback_handler import handler_step_type
 
 log = structlog.get_logger("migration")
-
-
-class StepTimeout(MigrationError):
-    pass
+S = Status
 
 
 class _PhaseFailed(Exception):
@@ -52,73 +55,49 @@ class _PhaseFailed(Exception):
 @dataclass
 class RunOptions:
     workdir: Path
-    env: dict[str, str]
-    vars: dict[str, Any]
     assume_yes: bool = False
     interactive: bool = False
     show_progress_bars: bool = False
 
 
-class Runner(RollbackDriver):
+class Runner:
     """Drives one run of a plan to an end state, persisting after every change."""
 
     def __init__(
         self,
-        loaded: LoadedPlan,
+        plan: Plan,
         store: StateStore,
-        state: dict[str, Any],
+        state: RunDoc,
+        context: TemplateContext,
         options: RunOptions,
         redact: Redactor,
     ) -> None:
-        self.loaded = loaded
-        self.plan = loaded.plan
+        self.plan = plan
         self.store = store
         self.state = state
+        self.context = context
         self.options = options
         self.redact = redact
-        self.stop_flag = StopFlag()
+        self.interrupts = Interrupts()
+        self.stop_flag = self.interrupts.stop_flag
         self.run = run_lifecycle(state["status"])
+        # One machine checks every step's moves (built once: a run may have thousands of steps).
+        self._step_machine = step_lifecycle("", S.PENDING)
         self.events = store.open_events(state["run_id"])
-        self._interruptible = False
-        self._in_critical = False
-        self.context = TemplateContext(
-            vars=options.vars,
-            env=options.env,
-            run={
-                "id": state["run_id"],
-                "started_at": state["started_at"],
-                "plan": self.plan.name,
-                "plan_name": self.plan.name,
-            },
-        )
-        self._specs: dict[str, StepSpec] = {}
-        for phase in self.plan.phases:
-            for spec in phase.steps + phase.rollback:
-                self._specs[spec.id] = spec
-        for spec in self.plan.rollback_steps():
-            self._specs[spec.id] = spec
         self._refresh_step_context()
 
     # -- persistence ----------------------------------------------------------------
-    @contextlib.contextmanager
-    def _critical(self) -> Iterator[None]:
-        """No Interrupted is raised while the state is being written."""
-        was = self._interruptible
-        self._interruptible = False
-        try:
-            yield
-        finally:
-            self._interruptible = was
-        if was and self.stop_flag.is_set():
-            raise Interrupted(f"interrupted by {self.stop_flag.signal_name}")
+    def signals(self) -> contextlib.AbstractContextManager[None]:
+        """SIGINT/SIGTERM stop the run at a safe point (resumable) while this is entered."""
+        return self.interrupts.signals()
 
-    def persist(self, step: dict[str, Any] | None = None, *, durable: bool = True) -> None:
+    def persist(self, step: StepDoc | None = None, *, durable: bool = True) -> None:
         """Make the state durable; a change confined to ``step`` may go to the journal.
 
         ``durable=False`` (a step's end): written at once, made durable by the next
         persist, which always precedes the next action (see ``StateStore.save_step``).
         """
-        with self._critical():
+        with self.interrupts.critical():
             if step is None:
                 self.store.save(self.state)
             else:
@@ -130,87 +109,44 @@ class Runner(RollbackDriver):
     def _fire_run(self, trigger: str) -> None:
         before = self.run.fire(trigger)
         self.state["status"] = self.run.state
-        if self.run.state in ("succeeded", "rolled_back", "rollback_failed", "failed", "abandoned"):
+        if self.run.state in ENDED:
             self.state["finished_at"] = now_iso()
-        elif self.run.state in ("running", "rolling_back"):
+        elif self.run.state in (S.RUNNING, S.ROLLING_BACK):
             self.state["finished_at"] = None
         self.persist()
         self.event("run", transition=trigger, source=before, dest=self.run.state)
         log.debug("run state", source=before, dest=self.run.state)
 
-    def _fire_phase(self, machine: Lifecycle, phase_state: dict[str, Any], trigger: str) -> None:
+    def _fire_phase(self, machine: Lifecycle, phase_state: PhaseDoc, trigger: str) -> None:
         before = machine.fire(trigger)
         phase_state["status"] = machine.state
-        if machine.state == "running" and not phase_state.get("started_at"):
+        if machine.state == S.RUNNING and not phase_state.get("started_at"):
             phase_state["started_at"] = now_iso()
-        if machine.state in ("succeeded", "failed", "skipped"):
+        if machine.state in (S.SUCCEEDED, S.FAILED, S.SKIPPED):
             phase_state["finished_at"] = now_iso()
         self.persist()
         self.event("phase", phase=phase_state["id"], transition=trigger, source=before, dest=machine.state)
 
-    # -- signals ----------------------------------------------------------------------
-    @contextlib.contextmanager
-    def signals(self) -> Iterator[None]:
-        def handler(signum: int, frame: Any) -> None:
-            name = signal.Signals(signum).name
-            first = not self.stop_flag.is_set()
-            self.stop_flag.set(name)
-            if first:
-                log.warning("stopping", signal=name, hint="the run will stop at a safe point; resumable")
-            if self._interruptible:
-                self._interruptible = False
-                raise Interrupted(f"interrupted by {name}")
+    def _move_step(self, st: StepDoc, trigger: str) -> None:
+        """Apply ``trigger`` to a step document (an illegal move is a StateError)."""
+        st["status"] = self._step_machine.fire_from(st["status"], trigger, f"step {st['id']}")
 
-        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
-
-    @contextlib.contextmanager
-    def _interruptible_section(self, timeout: float | None) -> Iterator[None]:
-        def on_alarm(signum: int, frame: Any) -> None:
-            if self._interruptible:
-                self._interruptible = False
-                raise StepTimeout(f"timed out after {timeout:g}s")
-
-        old_alarm = None
-        if timeout:
-            old_alarm = signal.signal(signal.SIGALRM, on_alarm)
-            signal.setitimer(signal.ITIMER_REAL, timeout)
-        if self.stop_flag.is_set():
-            raise Interrupted(f"interrupted by {self.stop_flag.signal_name}")
-        self._interruptible = True
-        try:
-            yield
-        finally:
-            self._interruptible = False
-            if timeout:
-                signal.setitimer(signal.ITIMER_REAL, 0)
-                signal.signal(signal.SIGALRM, old_alarm or signal.SIG_DFL)
-
-    # -- helpers ------------------------------------------------------------------------
-    def _all_step_states(self) -> Iterator[dict[str, Any]]:
-        for phase in self.state["phases"]:
-            yield from phase["steps"]
-        yield from self.state["rollback"]["steps"]
-
+    # -- what templates see ---------------------------------------------------------
     def _refresh_step_context(self) -> None:
         """Rebuild what templates see of finished steps (once, at start)."""
         self.context.steps = {}
         self._outputs: dict[str, dict[str, Any]] = {}
-        for st in self._all_step_states():
+        for st in all_steps(self.state):
             self._note_step(st)
 
-    def _note_step(self, st: dict[str, Any]) -> None:
+    def _note_step(self, st: StepDoc) -> None:
         """Make one finished step visible to templates: O(1), where a rebuild after
         every step made a 1,000-step run O(steps²) (35% of its time, profiled)."""
-        if st.get("status") not in ("succeeded", "failed") or not st.get("attempts", 0):
+        if st.get("status") not in (S.SUCCEEDED, S.FAILED) or not st.get("attempts", 0):
             return
         outputs = st.get("outputs") or {}
         self.context.steps[st["id"]] = {"outputs": outputs, "status": st["status"]}
-        if st["status"] == "succeeded":
+        if st["status"] == S.SUCCEEDED:
             self._outputs[st["id"]] = outputs
         else:
             self._outputs.pop(st["id"], None)
@@ -227,22 +163,22 @@ class Runner(RollbackDriver):
                 fh.write(f"--- {now_iso()} run {self.state['run_id']}\n{self.redact.text(text)}\n")
         return str(path)
 
-    # -- the main loop -------------------------------------------------------------------
-    def execute(self) -> dict[str, Any]:
+    # -- the run ------------------------------------------------------------------------
+    def execute(self) -> RunDoc:
         """Run (or resume) to an end state and return the state."""
         status = self.run.state
         try:
-            if status == "pending":
+            if status == S.PENDING:
                 self._fire_run("start")
             elif (
-                status in ("running", "interrupted", "failed")
-                and self.state.get("interrupted_from") != "rolling_back"
+                status in (S.RUNNING, S.INTERRUPTED, S.FAILED)
+                and self.state.get("interrupted_from") != S.ROLLING_BACK
             ):
-                if status == "running":
+                if status == S.RUNNING:
                     self._fire_run("interrupt")  # found half-done: the process died
                 self.state["interrupted_from"] = None
                 self._fire_run("resume")
-            if self.run.state in ("rolling_back", "interrupted", "rollback_failed"):
+            if self.run.state in (S.ROLLING_BACK, S.INTERRUPTED, S.ROLLBACK_FAILED):
                 self.state["interrupted_from"] = None
                 self._rollback(self.state["rollback"].get("reason") or "resumed rollback")
                 return self.state
@@ -253,7 +189,7 @@ class Runner(RollbackDriver):
                 self._fire_run("fail")
                 self.event("failure", message=str(failure), phase=failure.phase, step=failure.step)
                 if self.plan.on_failure == "rollback":
-                    if self._rollback_entries():
+                    if rollback_steps(self.plan, self.state):
                         self._rollback(str(failure))
                     else:
                         # Nothing to undo with: stop as with on_failure: stop, resumable.
@@ -264,82 +200,130 @@ class Runner(RollbackDriver):
             self._interrupt(str(exc))
         return self.state
 
+    def rollback(self, reason: str) -> RunDoc:
+        """``migration rollback PLAN``: run (or finish) the rollback on demand."""
+        try:
+            self._rollback(reason)
+        except Interrupted as exc:
+            self._interrupt(str(exc))
+        return self.state
+
     def _interrupt(self, reason: str) -> None:
-        self._interruptible = False
+        self.interrupts.disarm()
         self.state["interrupted_from"] = (
-            self.run.state if self.run.state in ("running", "rolling_back") else None
+            self.run.state if self.run.state in (S.RUNNING, S.ROLLING_BACK) else None
         )
-        if self.run.state in ("running", "rolling_back", "pending"):
-            for st in self._all_step_states():
-                if st["status"] == "running":
-                    st["status"] = "interrupted"
+        if self.run.state in (S.RUNNING, S.ROLLING_BACK, S.PENDING):
+            for st in all_steps(self.state):
+                if st["status"] == S.RUNNING:
+                    self._move_step(st, "interrupt")
                     st["error"] = reason
             self.run.fire("interrupt")
-            self.state["status"] = "interrupted"
+            self.state["status"] = S.INTERRUPTED
             self.store.save(self.state)
-            self.event("run", transition="interrupt", dest="interrupted", reason=reason)
+            self.event("run", transition="interrupt", dest=S.INTERRUPTED, reason=reason)
 
     def _run_phases(self) -> None:
         for phase, phase_state in zip(self.plan.phases, self.state["phases"], strict=True):
-            if phase_state["status"] in ("succeeded", "skipped"):
+            if phase_state["status"] in (S.SUCCEEDED, S.SKIPPED):
                 continue
             machine = phase_lifecycle(phase.id, phase_state["status"])
             self._fire_phase(machine, phase_state, "start")
-            log.info("phase", phase=phase.id, status="running")
+            log.info("phase", phase=phase.id, status=S.RUNNING)
             failure: _PhaseFailed | None = None
-            for spec, step_state in zip(phase.steps, phase_state["steps"], strict=True):
-                ok = self._run_step(spec, step_state, phase.id)
-                if not ok and not spec.continue_on_error:
-                    failure = _PhaseFailed(f"step {spec.id} failed: {step_state['error']}", phase.id, spec.id)
-                    break
-            if failure is None:
+            failed = self._run_entries(phase_entries(phase, phase_state))
+            if failed is not None:
+                why = f"step {failed.doc['id']} failed: {failed.doc.get('error')}"
+                failure = _PhaseFailed(why, phase.id, failed.doc["id"])
+            else:
                 failure = self._checkpoint(phase, phase_state)
             if failure is not None:
                 self._fire_phase(machine, phase_state, "fail")
                 log.error("phase failed", phase=phase.id, reason=str(failure))
                 raise failure
             self._fire_phase(machine, phase_state, "succeed")
-            log.info("phase", phase=phase.id, status="succeeded")
+            log.info("phase", phase=phase.id, status=S.SUCCEEDED)
 
-    def _checkpoint(self, phase: Any, phase_state: dict[str, Any]) -> _PhaseFailed | None:
-        if not phase.checkpoint:
-            phase_state["checkpoint"] = {"status": "none", "results": []}
-            return None
-        results = []
-        failed: list[str] = []
-        ctx = self.context.as_dict()
-        for cp in phase.checkpoint:
-            result: dict[str, Any] = {"that": cp.that, "message": cp.message}
-            try:
-                value = templates.evaluate(cp.that, ctx)
-                result["passed"] = templates.truthy(value)
-                result["value"] = jsonable(value) if not isinstance(value, bool) else value
-            except templates.TemplateError as exc:
-                result["passed"] = False
-                result["error"] = str(exc)
-            results.append(self.redact(result))
-            if not result["passed"]:
-                why = cp.message or cp.that
-                if result.get("error"):
-                    why += f" ({result['error']})"
-                failed.append(why)
-        phase_state["checkpoint"] = {
-            "status": "failed" if failed else "passed",
-            "results": results,
-            "evaluated_at": now_iso(),
-        }
+    def _rollback(self, reason: str) -> None:
+        """Phase rollbacks of started phases newest first, then the plan's; persisted
+        after every change like the rest."""
+        rb = self.state["rollback"]
+        if self.run.state != S.ROLLING_BACK:
+            self._fire_run("roll_back")
+        if not rb["steps"] or rb["status"] in (None, S.SUCCEEDED):
+            rb["steps"] = rollback_steps(self.plan, self.state)
+        if not rb.get("reason"):
+            rb["reason"] = reason
+        rb["status"] = S.RUNNING
+        rb["started_at"] = rb.get("started_at") or now_iso()
+        rb["error"] = None
         self.persist()
-        self.event("checkpoint", phase=phase.id, status=phase_state["checkpoint"]["status"], failed=failed)
+        log.warning("rolling back", reason=rb["reason"], steps=[e["id"] for e in rb["steps"]])
+        failed = self._run_entries(rollback_entries(self.plan, rb["steps"]))
+        rb["finished_at"] = now_iso()
+        if failed is not None:
+            rb["status"] = S.FAILED
+            rb["error"] = f"rollback step {failed.doc['id']} failed: {failed.doc.get('error')}"
+            rb["done"] = [e["id"] for e in rb["steps"] if e["status"] in DONE]
+            rb["remaining"] = [e["id"] for e in rb["steps"] if e["status"] not in DONE]
+            self.state["needs_operator"] = True
+            self._fire_run("rollback_error")
+            return
+        rb["status"] = S.SUCCEEDED
+        self.state["needs_operator"] = False
+        self._fire_run("rollback_done")
+
+    def _checkpoint(self, phase: Phase, phase_state: PhaseDoc) -> _PhaseFailed | None:
+        checkpoint, failed = evaluate_checkpoint(phase, self.context.as_dict(), self.redact)
+        phase_state["checkpoint"] = checkpoint
+        if not phase.checkpoint:
+            return None
+        self.persist()
+        self.event("checkpoint", phase=phase.id, status=checkpoint["status"], failed=failed)
         if failed:
             return _PhaseFailed(f"checkpoint of phase {phase.id} failed: {'; '.join(failed)}", phase.id, None)
-        log.info("checkpoint passed", phase=phase.id, conditions=len(results))
+        log.info("checkpoint passed", phase=phase.id, conditions=len(checkpoint["results"]))
         return None
 
-    # -- one step --------------------------------------------------------------------------
-    def _run_step(self, spec: StepSpec, st: dict[str, Any], phase_id: str | None) -> bool:
-        """Run one step (with retries) unless already done. True when it succeeded or was skipped."""
-        if st["status"] in ("succeeded", "skipped"):
+    # -- the one step loop -------------------------------------------------------------
+    def _run_entries(self, entries: list[Entry]) -> Entry | None:
+        """Run each entry not yet done, in order; return the first that failed and may
+        not be passed over (``continue_on_error``), or None."""
+        for entry in entries:
+            if entry.doc["status"] in DONE:
+                continue
+            if not self._run_entry(entry) and not entry.may_fail:
+                return entry
+        return None
+
+    def _run_entry(self, entry: Entry) -> bool:
+        """Run one entry; True when it succeeded or was skipped."""
+        st, spec = entry.doc, entry.spec
+        if spec is None:  # the plan changed (--allow-plan-change) while rolling back
+            self._move_step(st, "skip")
+            st["reason"] = "no longer in the plan"
+            self.persist()
+            log.warning("rollback step skipped", step=st["id"], reason=st["reason"])
             return True
+        if entry.undo and entry.handler is None:
+            missing = missing_dependency(spec, self.context.steps)
+            if missing is not None:
+                step_type = get_step_type(spec.uses)
+                verb = step_type.undo_verb if step_type is not None else Step.undo_verb
+                self._move_step(st, "skip")
+                st["reason"] = f"nothing to {verb}: step {missing} did not complete"
+                self.persist()
+                self.event("step", step=spec.id, dest=S.SKIPPED, reason=st["reason"])
+                log.warning("rollback step skipped", step=spec.id, reason=st["reason"])
+                return True
+        return self._run_step(entry)
+
+    # -- one step --------------------------------------------------------------------------
+    def _run_step(self, entry: Entry) -> bool:
+        """Run one step (with retries). True when it succeeded or was skipped."""
+        st, phase_id = entry.doc, entry.phase
+        spec = entry.spec
+        assert spec is not None
         ctx_dict = self.context.as_dict()
         if spec.when is not None:
             try:
@@ -347,16 +331,17 @@ class Runner(RollbackDriver):
             except templates.TemplateError as exc:
                 return self._step_failed(spec, st, f"when: {exc}")
             if not go:
-                st["status"] = "skipped"
+                self._move_step(st, "skip")
                 st["reason"] = f"when: {spec.when} is false"
                 self.persist(st, durable=False)
-                self.event("step", step=spec.id, dest="skipped", reason=st["reason"])
+                self.event("step", step=spec.id, dest=S.SKIPPED, reason=st["reason"])
                 log.info("step skipped", step=spec.id, reason=st["reason"])
                 return True
-        step_type = get_step_type(spec.uses)
-        assert step_type is not None  # checked at load
+        step_type = handler_step_type(entry.handler) if entry.handler else get_step_type(spec.uses)
+        if step_type is None:  # checked at load; a handler's plugin may be gone since
+            return self._step_failed(spec, st, f"rollback handler {entry.handler!r} is not registered")
         try:
-            rendered = templates.render_with(spec.with_, ctx_dict, step_type.field_quoters(spec.with_))
+            rendered = render_with(step_type, spec.with_, ctx_dict)
         except templates.TemplateError as exc:
             return self._step_failed(spec, st, str(exc))
         self.redact.learn(rendered)
@@ -368,7 +353,7 @@ class Runner(RollbackDriver):
             return self._step_failed(spec, st, f"with.{where}: {first['msg']} (after rendering)")
 
         mark = f"{self.state['run_id']}/{spec.id}"
-        if st["status"] in ("running", "interrupted"):
+        if st["status"] in (S.RUNNING, S.INTERRUPTED):
             # Re-run from the start, but never next to what the dead attempt still runs
             # (for process.start: a service it started but never recorded as its output).
             leftovers = leftover_processes(mark)
@@ -382,13 +367,13 @@ class Runner(RollbackDriver):
         tries_left = spec.retries
         delay = spec.retry_delay
         while True:
-            st["status"] = "running"
+            self._move_step(st, "start")
             st["attempts"] = st.get("attempts", 0) + 1
             st["started_at"] = now_iso()
             st["error"] = None
             self.persist(st)
-            self.event("step", step=spec.id, phase=phase_id, dest="running", attempt=st["attempts"])
-            log.info("step", step=spec.id, uses=spec.uses, status="running", attempt=st["attempts"])
+            self.event("step", step=spec.id, phase=phase_id, dest=S.RUNNING, attempt=st["attempts"])
+            log.info("step", step=spec.id, uses=spec.uses, status=S.RUNNING, attempt=st["attempts"])
             started = time.monotonic()
             ctx = StepContext(
                 step_id=spec.id,
@@ -405,12 +390,13 @@ class Runner(RollbackDriver):
                 stop_flag=self.stop_flag,
                 on_progress=self._progress_saver(st),
                 show_progress_bar=self.options.show_progress_bars,
-                env={**self.options.env, STEP_MARK: mark},
+                env={**self.context.env, STEP_MARK: mark},
+                failure=failure_message(self.state) if entry.undo else None,
             )
             error: str | None = None
             outputs: dict[str, Any] = {}
             try:
-                with self._interruptible_section(spec.timeout):
+                with self.interrupts.section(spec.timeout):
                     outputs = step_type().run(ctx) or {}
             except Interrupted:
                 raise
@@ -430,40 +416,40 @@ class Runner(RollbackDriver):
             st["duration_s"] = round(elapsed, 3)
             st["finished_at"] = now_iso()
             if error is None:
-                st["status"] = "succeeded"
+                self._move_step(st, "succeed")
                 st.pop("progress", None)
                 self.persist(st, durable=False)
                 self.event(
-                    "step", step=spec.id, phase=phase_id, dest="succeeded", duration_s=st["duration_s"]
+                    "step", step=spec.id, phase=phase_id, dest=S.SUCCEEDED, duration_s=st["duration_s"]
                 )
-                log.info("step", step=spec.id, status="succeeded", duration_s=st["duration_s"])
+                log.info("step", step=spec.id, status=S.SUCCEEDED, duration_s=st["duration_s"])
                 self._note_step(st)
                 return True
             error = self.redact.text(error)
             if tries_left > 0:
                 tries_left -= 1
-                st["status"] = "pending"
+                self._move_step(st, "retry")
                 st["error"] = error
                 self.persist(st)
                 self.event("step", step=spec.id, dest="retry", error=error, attempt=st["attempts"])
                 log.warning("step failed; retrying", step=spec.id, error=error, in_s=delay)
-                with self._interruptible_section(None):
+                with self.interrupts.section(None):
                     self.stop_flag.wait(delay)
                 delay = min(delay * 2, 60)
                 continue
             return self._step_failed(spec, st, error)
 
-    def _step_failed(self, spec: StepSpec, st: dict[str, Any], error: str) -> bool:
-        st["status"] = "failed"
+    def _step_failed(self, spec: StepSpec, st: StepDoc, error: str) -> bool:
+        self._move_step(st, "fail")
         st["error"] = self.redact.text(error)
         st["finished_at"] = now_iso()
         self.persist()
-        self.event("step", step=spec.id, dest="failed", error=st["error"])
+        self.event("step", step=spec.id, dest=S.FAILED, error=st["error"])
         log.error("step failed", step=spec.id, error=st["error"])
         self._note_step(st)
         return False
 
-    def _progress_saver(self, st: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
+    def _progress_saver(self, st: StepDoc) -> Callable[[dict[str, Any]], None]:
         def save(fields: dict[str, Any]) -> None:
             st["progress"] = self.redact(jsonable(fields))
             self.persist(st)

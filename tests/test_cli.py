@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from helpers import (
     assert_no_traceback,
     cli_env,
     finish,
+    kill,
     lines_of,
     listing,
     load_state,
@@ -344,3 +346,41 @@ def test_json_log_format_keeps_stdout_for_machine_output(tmp_path: Path) -> None
         json.loads(line)
     status = migration(tmp_path, "status", "dry-demo", "--json", "--state-dir", "state")
     assert json.loads(status.stdout)["status"] == "succeeded"
+
+
+RUN_ID_PLAN = """
+name: run-id-var
+vars: {tag: "backup-{{ run.id }}"}
+phases:
+  - id: one
+    steps:
+      - {id: first, uses: shell, with: {command: [echo, "{{ vars.tag }}"]}}
+  - id: two
+    steps:
+      - id: hold
+        uses: shell
+        with: {command: "touch holding; while [ -e block ]; do sleep 0.02; done", shell: true}
+      - {id: second, uses: shell, with: {command: [echo, "{{ vars.tag }}"]}}
+"""
+
+
+def test_vars_see_the_real_run_id_in_a_run_and_after_a_kill_and_resume(tmp_path: Path) -> None:
+    write_plan(tmp_path / "plan.yaml", RUN_ID_PLAN)
+    (tmp_path / "block").touch()
+    proc = start_migration(tmp_path, "run", "plan.yaml", "--state-dir", "state", "--log-format", "json")
+    wait_for(lambda: (tmp_path / "holding").exists(), what="the hold step")
+    killed = kill(proc, signal.SIGKILL)
+    assert killed[0] == -signal.SIGKILL
+    (tmp_path / "block").unlink()
+
+    resumed = migration(tmp_path, "run", "plan.yaml", "--state-dir", "state", "--log-format", "json")
+
+    assert resumed.returncode == 0, resumed.stderr
+    state = load_state(tmp_path / "state", "run-id-var")
+    steps = {st["id"]: st for phase in state["phases"] for st in phase["steps"]}
+    expected = f"backup-{state['run_id']}"
+    assert steps["first"]["outputs"]["stdout"].strip() == expected  # before the kill
+    assert steps["second"]["outputs"]["stdout"].strip() == expected  # rendered again on resume
+    # A dry run has no run: it shows a placeholder.
+    dry = migration(tmp_path, "run", "plan.yaml", "--dry-run", "--state-dir", "state")
+    assert "backup-<dry-run>" in dry.stdout

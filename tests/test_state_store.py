@@ -333,8 +333,7 @@ def test_a_plugin_step_returning_a_list_still_leaves_a_state_that_loads(tmp_path
         def run(self, ctx: StepContext[StepParams]) -> Any:
             return ["a", "b"]
 
-    registry._REGISTRY[ListStep.name] = ListStep
-    try:
+    with registry.registered(ListStep):
         (tmp_path / "plan.yaml").write_text(
             "name: plugin\nphases:\n  - id: a\n    steps:\n      - {id: s, uses: test.list-outputs}\n"
         )
@@ -346,5 +345,3 @@ def test_a_plugin_step_returning_a_list_still_leaves_a_state_that_loads(tmp_path
         assert state["phases"][0]["steps"][0]["outputs"] == {"result": ["a", "b"]}
         status = CliRunner().invoke(cli.main, ["status", "plugin", "--state-dir", str(state_dir)])
         assert status.exit_code == 0, status.output
-    finally:
-        registry._REGISTRY.pop(ListStep.name, None)

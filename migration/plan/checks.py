@@ -59,7 +59,7 @@ def check_plan(loaded: LoadedPlan, extra_vars: Mapping[str, Any]) -> None:
             if not any(s.id == ref for s in plan.all_steps()):
                 raise loaded.error(("downtime", end), f"no step with id {ref!r}")
     if not isinstance(plan.rollback, list):
-        from migration.rollback import find_handler
+        from migration.steps.registry import find_handler
 
         if find_handler(plan.rollback.handler) is None:
             raise loaded.error(

@@ -82,6 +82,7 @@ class StepContext(Generic[P]):
         assume_yes: ``--yes`` was given (gates pass without a terminal).
         interactive: stdin is a terminal.
         redact: masks secrets in anything a step logs or returns.
+        failure: while rolling back, the failure that started the rollback.
     """
 
     step_id: str
@@ -101,6 +102,7 @@ class StepContext(Generic[P]):
     on_progress: Callable[[dict[str, Any]], None] | None = None
     show_progress_bar: bool = False
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    failure: str | None = None
 
     @property
     def log(self) -> Any:
@@ -229,6 +231,9 @@ class Step(Generic[P]):
 
     name: ClassVar[str]
     Params: ClassVar[type[StepParams]]
+    # What a rollback step of this type, skipped for want of its inputs, had nothing
+    # to do: "nothing to restore: step backup did not complete".
+    undo_verb: ClassVar[str] = "do"
 
     def run(self, ctx: StepContext[P]) -> dict[str, Any]:
         raise NotImplementedError
@@ -259,6 +264,15 @@ class Step(Generic[P]):
         if getattr(cls.field_quoters, "__func__", None) is getattr(Step.field_quoters, "__func__", None):
             return set()
         return {name for name, quoter in cls.field_quoters(raw_with).items() if quoter == Quoter.SHELL}
+
+    @classmethod
+    def report_sections(cls, step_id: str, outputs: dict[str, Any]) -> list[str]:
+        """Markdown lines this step type adds to the run report, from one step's outputs.
+
+        What an operator reads first (``mongo.transform`` counters, ``mongo.validate``
+        results); nothing by default.
+        """
+        return []
 
     @classmethod
     def describe(cls) -> str:

@@ -325,6 +325,7 @@ class ProcessStop(Step["ProcessStop.Params"]):
     """
 
     name = "process.stop"
+    undo_verb = "stop"
     outputs = {
         "stopped": "true when a running process was stopped",
         "pid": "process id of the start step's process (null if it recorded none)",

@@ -1,8 +1,10 @@
-"""One registry of step types, keyed by name.
+"""One registry of plugins: step types, keyed by name, and rollback handlers.
 
-Filled by the :func:`register` decorator (built-ins) and by the ``migration.steps``
-entry point group (plugins: each entry point names a :class:`Step` subclass, and
-the entry point's name is the step type's name).
+Step types are filled by the :func:`register` decorator (built-ins) and by the
+``migration.steps`` entry point group (plugins: each entry point names a
+:class:`Step` subclass, and the entry point's name is the step type's name).
+Rollback handlers (``rollback: {handler: NAME}``) come from :func:`register_handler`
+or the ``migration.rollback_handlers`` group.
 
 A plugin that fails to load never takes the others down: it is reported once as
 a warning naming its entry point, left out of ``migration steps`` and ``schema``,
@@ -13,6 +15,8 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, TypeVar
 
@@ -141,3 +145,45 @@ def get_step_type(name: str) -> type[Step[Any]] | None:
     if name not in _REGISTRY and name in _BROKEN:
         raise PluginError(f"step type {name!r} is not available: {_BROKEN[name]}")
     return _REGISTRY.get(name)
+
+
+@contextmanager
+def registered(cls: S) -> Iterator[S]:
+    """Register ``cls`` for the duration of a ``with`` block."""
+    register(cls)
+    try:
+        yield cls
+    finally:
+        unregister(cls.name)
+
+
+# -- rollback handlers --------------------------------------------------------------
+# ``handler(ctx, **with)`` callables, run as ordinary steps through the adapter in
+# :mod:`migration.steps.rollback_handler`.
+
+RollbackHandler = Callable[..., Any]
+HANDLER_GROUP = "migration.rollback_handlers"
+
+_HANDLERS: dict[str, RollbackHandler] = {}
+
+
+def register_handler(name: str) -> Callable[[RollbackHandler], RollbackHandler]:
+    """Decorator: register a rollback handler under ``name``."""
+
+    def decorate(fn: RollbackHandler) -> RollbackHandler:
+        _HANDLERS[name] = fn
+        return fn
+
+    return decorate
+
+
+def find_handler(name: str) -> RollbackHandler | None:
+    """The rollback handler registered (or installed as an entry point) under ``name``."""
+    if name in _HANDLERS:
+        return _HANDLERS[name]
+    for ep in entry_points(group=HANDLER_GROUP):
+        if ep.name == name:
+            handler = ep.load()
+            _HANDLERS[name] = handler
+            return handler
+    return None

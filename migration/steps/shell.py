@@ -104,6 +104,7 @@ class Shell(Step["Shell.Params"]):
     """
 
     name = "shell"
+    undo_verb = "run"
     outputs = {
         "exit_code": "the command's exit code",
         "stdout": "last 4000 characters of its standard output, secrets masked",

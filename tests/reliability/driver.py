@@ -45,6 +45,7 @@ if str(PROJECT) not in sys.path:
     sys.path.insert(0, str(PROJECT))
 
 from migration import cli, state  # noqa: E402
+from migration.state import lock as state_lock  # noqa: E402
 from migration.steps import base  # noqa: E402
 from migration.steps.registry import step_types  # noqa: E402
 
@@ -86,7 +87,7 @@ def _pause_here(key: str) -> None:
 
 
 class _SlowFlock:
-    """Stands in for the ``fcntl`` module inside ``migration.state`` (see RELIABILITY_LOCK_WRITE_DELAY)."""
+    """Stands in for ``fcntl`` inside ``migration.state.lock`` (see RELIABILITY_LOCK_WRITE_DELAY)."""
 
     def __getattr__(self, name: str) -> Any:
         return getattr(fcntl, name)
@@ -102,7 +103,7 @@ class _SlowFlock:
 
 def install_hooks() -> None:
     """Wrap EventLog.emit (pause points), every step type's run (execution log), the lock."""
-    state.fcntl = _SlowFlock()  # type: ignore[assignment]
+    state_lock.fcntl = _SlowFlock()  # type: ignore[assignment]
     original_emit = state.EventLog.emit
     paused: list[str] = []
 

@@ -267,6 +267,7 @@ class MongoRestore(Step["MongoRestore.Params"]):
     """
 
     name = "mongo.restore"
+    undo_verb = "restore"
     outputs = {
         "restored": "collection name -> documents",
         "total": "documents restored",

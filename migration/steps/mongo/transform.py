@@ -192,6 +192,20 @@ class MongoTransform(Step["MongoTransform.Params"]):
         finally:
             client.close()
 
+    @classmethod
+    def report_sections(cls, step_id: str, outputs: dict[str, Any]) -> list[str]:
+        counters = ("total", "migrated", "skipped", "invalid", "errors", "conflicts")
+        lines = [
+            f"## Transform: {step_id}",
+            "",
+            "| " + " | ".join(counters) + " |",
+            "|---|---|---|---|---|---|",
+            " | ".join(["", *(str(outputs.get(k, "-")) for k in counters), ""]).strip(),
+        ]
+        if outputs.get("log"):
+            lines += ["", f"Per-record log: `{outputs['log']}`"]
+        return [*lines, ""]
+
 
 class _Run:
     def __init__(self, ctx: StepContext[MongoTransform.Params], db: Database[Any]) -> None:

@@ -193,6 +193,25 @@ class MongoValidate(Step["MongoValidate.Params"]):
             lines.append(f"  {check.name} ({check.type}): {describe_check(check)}{missing}")
         return "\n".join(lines)
 
+    @classmethod
+    def report_sections(cls, step_id: str, outputs: dict[str, Any]) -> list[str]:
+        passed, failed = outputs.get("passed", 0), outputs.get("failed", 0)
+        lines = [f"## Validation: {step_id} ({passed} passed, {failed} failed)", ""]
+        for check in outputs.get("checks") or []:
+            mark = "pass" if check.get("passed") else "FAIL"
+            details = check.get("details") or {}
+            summary = details.get("summary") if isinstance(details, dict) else None
+            lines.append(
+                f"- [{mark}] **{check.get('name')}** ({check.get('type')})"
+                + (f": {summary}" if summary else "")
+            )
+            counts = details.get("counts") if isinstance(details, dict) else None
+            if check.get("type") == "distribution" and isinstance(counts, dict):
+                lines.extend(f"  - {group}: {count}" for group, count in counts.items())
+        if outputs.get("report"):
+            lines += ["", f"Validation report: `{outputs['report']}`"]
+        return [*lines, ""]
+
 
 def _json(value: Any) -> str:
     return json.dumps(value, default=str, ensure_ascii=False)
