@@ -234,3 +234,13 @@ def test_a_real_run_returns_only_declared_outputs(tmp_path: Path, mongo_url: str
 def _uses_in_plan(path: Path, step_id: str) -> str:
     plan = load_plan(path).plan
     return next(s.uses for s in plan.all_steps() if s.id == step_id)
+
+
+def test_migration_steps_lists_each_step_types_outputs(tmp_path: Path) -> None:
+    result = migration(tmp_path, "steps")
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    validate = text[text.index("mongo.validate: ") :]
+    assert "\n  outputs: passed, failed, checks, report, sample_id\n" in validate
+    python = text[text.index("python: ") :]
+    assert "\n  outputs: not declared\n" in python
