@@ -63,29 +63,48 @@ def _message(err: Mapping[str, Any], key: str | int | None, allowed: list[str]) 
 
 
 def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The pydantic model owning the last element of ``loc`` (for 'allowed keys')."""
-    current: Any = model
+    """The pydantic model owning the last element of ``loc`` (for 'allowed keys').
+
+    Through a union the members are followed together until a tag names one: a
+    discriminator value (``checks[0].count.equals``: the check whose ``type`` is
+    ``count``) or pydantic's member tag (``list[StepSpec]``).
+    """
+    candidates: list[type[BaseModel]] = [model]
     for part in loc[:-1]:
-        if isinstance(part, int) or (isinstance(part, str) and _is_union_tag(part)):
+        if isinstance(part, int):
             continue
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+        following = [
+            inner
+            for candidate in candidates
+            for name, info in candidate.model_fields.items()
+            if part in (name, info.alias)
+            for inner in _inner_models(info.annotation)
+        ]
+        if following:
+            candidates = following
+            continue
+        tagged = [c for c in candidates if _is_tag_of(c, str(part))]
+        if tagged:
+            candidates = tagged
+        elif not (isinstance(part, str) and _is_union_tag(part)):
             return None
-        fields = {f.alias or n: f for n, f in current.model_fields.items()}
-        info = fields.get(part)
-        if info is None:
-            return None
-        current = _inner_model(info.annotation)
-    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+    return candidates[0] if candidates else None
 
 
-def _inner_model(annotation: Any) -> Any:
+def _inner_models(annotation: Any) -> list[type[BaseModel]]:
+    """Every model an annotation may hold (``list[A | B] | None`` gives A and B)."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        found = _inner_model(arg)
-        if found is not None:
-            return found
-    return None
+        return [annotation]
+    return [model for arg in typing.get_args(annotation) for model in _inner_models(arg)]
+
+
+def _is_tag_of(model: type[BaseModel], tag: str) -> bool:
+    if tag == model.__name__ or f"[{model.__name__}]" in tag:
+        return True
+    return any(
+        typing.get_origin(info.annotation) is typing.Literal and tag in typing.get_args(info.annotation)
+        for info in model.model_fields.values()
+    )
 
 
 def _allowed(model: type[BaseModel] | None) -> list[str]:
