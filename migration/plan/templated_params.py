@@ -17,7 +17,6 @@ A template renders only at run time, but some of what it gives is known before:
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,10 +27,9 @@ from pydantic import BaseModel, ValidationError
 from migration.errors import PlanError
 from migration.plan import templates
 from migration.plan.quoting import Quoter
+from migration.plan.render import SINGLE_EXPRESSION
 from migration.plan.validation_errors import first_error, resolve_loc
 from migration.plan.yaml_positions import Loc, Positions
-
-_SINGLE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>.*?)\}\}\s*$", re.DOTALL)
 
 TYPE_ERRORS = frozenset(
     {
@@ -97,7 +95,7 @@ def stand_in(text: str, quoter: Quoter) -> Guess | None:
     """What the form of ``text`` tells about its rendered value, or None when nothing."""
     if quoter != Quoter.NONE:
         return Guess(_TEXT, False, "the template renders text: the field is quoted")
-    match = _SINGLE_EXPRESSION.match(text)
+    match = SINGLE_EXPRESSION.match(text)
     if match is None or "{{" in match.group("expr") or "{%" in text:
         return Guess(_TEXT, False, "the template renders text: it has text around its {{ }}")
     try:
