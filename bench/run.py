@@ -85,7 +85,7 @@ def _table(figures: list[Figure]) -> list[str]:
         rss = f"{row['peak_rss_mb']:.0f}" if "peak_rss_mb" in row else ""
         cpu = f"{row['client_cpu_seconds']:.2f}" if "client_cpu_seconds" in row else ""
         notes = [figure.note] if figure.note else []
-        shown = ("ratio", "speedup", "update_one", "guarded")
+        shown = ("ratio", "speedup", "update_one", "guarded", "cpu_us")
         notes += [f"{k}={v}" for k, v in figure.extra.items() if k.startswith(shown)]
         seconds = _cell_seconds(figure)
         if figure.name.startswith(("per step", "one find_one")) and figure.samples:
@@ -116,11 +116,16 @@ def report(meta: dict[str, Any], results: dict[str, list[Figure]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _profiles(setup: sections.Setup, out_dir: Path) -> dict[str, str]:
-    """pyinstrument text profiles of the backup and restore steps, run in-process."""
+def _profiles(setup: sections.Setup, out_dir: Path, chosen: list[str]) -> dict[str, str]:
+    """Profiles of the backup and restore steps (pyinstrument) and the transform (cProfile, CPU)."""
     import bench_profile
 
-    return bench_profile.backup_and_restore(setup, out_dir)
+    written = {}
+    if "backup" in chosen or "restore" in chosen or "transform" not in chosen:
+        written = bench_profile.backup_and_restore(setup, out_dir)
+    if "transform" in chosen:
+        written["transform"] = bench_profile.transform_cpu(setup, out_dir)
+    return written
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
                 previous = [f for figures in results.values() for f in figures]
                 results["memory"] = sections.memory(setup, previous)
             if args.profile:
-                meta["profiles"] = _profiles(setup, results_dir)
+                meta["profiles"] = _profiles(setup, results_dir, chosen)
             peak = server.peak_rss_kb()
             if peak:
                 meta["server_peak_rss_mb"] = round(peak / 1024, 1)

@@ -9,6 +9,7 @@ and their ratios, taken in the same run, stay meaningful.
 from __future__ import annotations
 
 import shutil
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,33 +123,57 @@ def _transform_once(setup: Setup, path: Path, operation: str, **arguments: Any) 
     return result
 
 
+TRANSFORM_WORKERS = 3
+
+
 def transform(setup: Setup) -> list[Figure]:
-    """mongo.transform vs the naive loop vs one server-side update_many."""
+    """mongo.transform (1 and 3 workers) vs the naive loop vs one server-side update_many.
+
+    Also the client CPU per document of each (the workers' processes included) and
+    the bank-details recipe's own share of it.
+    """
     n = setup.transform_docs
     path = dataset_file(n, setup.cache)
     step = Figure("transform", "mongo.transform, recipe split_swift_bic_iban, batch_size 500", n)
+    workers = Figure("transform", f"mongo.transform, the same, workers {TRANSFORM_WORKERS}", n)
     naive = Figure("transform", "naive loop: find, then update_one per document", n)
     empty = Figure("transform", "update_many: $set/$unset of the empty values only (server side)", n)
     every = Figure("transform", "update_many: the same $set/$unset on every document (write floor)", n)
-    migrated: dict[str, set[Any]] = {"step": set(), "naive": set()}
+    recipe = Figure("transform", "the recipe alone (CPU seconds of its calls, no server)", n)
+    chunk = 20 if setup.server.ferretdb else 1000
+    floor = Figure("transform", f"bulk_write floor: unordered UpdateOne by _id, {chunk} a command", n)
+    migrated: dict[str, set[Any]] = {"step": set(), "workers": set(), "naive": set()}
     for k in range(setup.repeat):
         say(f"transform: repetition {k + 1}/{setup.repeat} ({n:,} documents)")
         result = _transform_once(setup, path, "transform")
         step.add(result)
         migrated["step"].add(result.get("migrated"))
         step.extra["outputs"] = {key: result.get(key) for key in ("total", "migrated", "invalid", "errors")}
+        result = _transform_once(setup, path, "transform", workers=TRANSFORM_WORKERS)
+        workers.add(result)
+        migrated["workers"].add(result.get("migrated"))
         result = _transform_once(setup, path, "naive")
         naive.add(result)
         migrated["naive"].add(result.get("migrated"))
         empty.add(_transform_once(setup, path, "update_many", which="empty"))
         every.add(_transform_once(setup, path, "update_many", which="all"))
+        recipe.add(run_child("recipe", file=str(path)))
+        result = _transform_once(setup, path, "bulk_floor", chunk=chunk)
+        floor.add(result)
+        floor.cpu[-1] = result["write_cpu_seconds"]  # the writes alone, not reading the ids
     drop_database(setup.server, SCRATCH)
-    if migrated["step"] != migrated["naive"]:
-        step.note = f"WARNING: migrated counts differ: step {migrated['step']}, naive {migrated['naive']}"
+    if not migrated["step"] == migrated["workers"] == migrated["naive"]:
+        step.note = f"WARNING: migrated counts differ: {migrated}"
     step.extra["speedup_over_naive"] = round(naive.median / step.median, 2)
+    workers.extra["speedup_over_one_worker"] = round(step.median / workers.median, 2)
+    step.extra["ratio_floor_time_to_step_time"] = round(floor.median / step.median, 2)
     every.extra["speedup_over_naive"] = round(naive.median / every.median, 2)
+    for figure in (step, workers, naive, floor):
+        if figure.cpu:
+            figure.extra["cpu_us_per_doc"] = round(statistics.median(figure.cpu) * 1e6 / n, 1)
+    recipe.extra["cpu_us_per_doc"] = round(recipe.median * 1e6 / n, 1)
     empty.note = "covers only the documents whose value is null, missing or empty"
-    return [step, naive, empty, every]
+    return [step, workers, naive, floor, empty, every, recipe]
 
 
 def sweep(setup: Setup) -> list[Figure]:

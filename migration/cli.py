@@ -12,15 +12,17 @@ import traceback
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
-from migration import commands, report
+from migration import commands, report, stores
 from migration.errors import MigrationError
 from migration.log import configure_logging, redactor
 from migration.run_document import checkpoint_status
 from migration.state import RunDoc, Status
+from migration.store_mongo.history import format_history
+from migration.stores import StoreChoice
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -30,6 +32,45 @@ state_dir_option = click.option(
     default=None,
     help="State directory (default ./state; env MIGRATION_STATE_DIR).",
 )
+state_url_option = click.option(
+    "--state-url",
+    default=None,
+    metavar="mongodb://HOST/DB",
+    help="Keep the state in MongoDB (env MIGRATION_STATE_URL, or the plan's state:); wins over --state-dir.",
+)
+lease_seconds_option = click.option(
+    "--lease-seconds",
+    type=float,
+    default=None,
+    help="Lease length with --state-url (default 30; env MIGRATION_LEASE_SECONDS).",
+)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"error: {redactor().text(message)}", err=True)
+    sys.exit(code)
+
+
+def store_options(fn: F) -> F:
+    """``--state-dir``, ``--state-url`` and ``--lease-seconds``, given to the command as ``store``."""
+
+    @wraps(fn)
+    def wrapper(
+        *args: Any,
+        state_dir: Path | None,
+        state_url: str | None,
+        lease_seconds: float | None,
+        **kwargs: Any,
+    ) -> Any:
+        try:
+            store = stores.choose(state_dir, state_url, lease_seconds)
+        except MigrationError as exc:  # applied outside handle_errors on some commands
+            _fail(str(exc), exc.exit_code)
+        return fn(*args, store=store, **kwargs)
+
+    return state_dir_option(state_url_option(lease_seconds_option(wrapper)))  # type: ignore[return-value]
+
+
 log_format_option = click.option(
     "--log-format",
     type=click.Choice(["auto", "console", "json"]),
@@ -54,12 +95,7 @@ def plan_inputs(fn: F) -> F:
 
 def run_options(fn: F) -> F:
     """The options of every command that runs steps (run, resume, rollback)."""
-    return state_dir_option(plan_inputs(yes_option(fn)))
-
-
-def _fail(message: str, code: int) -> None:
-    click.echo(f"error: {redactor().text(message)}", err=True)
-    sys.exit(code)
+    return store_options(plan_inputs(yes_option(fn)))
 
 
 def handle_errors(fn: F) -> F:
@@ -85,10 +121,6 @@ def handle_errors(fn: F) -> F:
             _fail(f"internal error: {type(exc).__name__}: {exc} (traceback in {fh.name})", 1)
 
     return wrapper  # type: ignore[return-value]
-
-
-def _state_dir(value: Path | None) -> Path:
-    return value if value is not None else commands.default_state_dir()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -118,17 +150,19 @@ def _print_summary(state: RunDoc) -> None:
 @click.option("--dry-run", is_flag=True, help="Show what would run; change and write nothing.")
 @run_options
 @click.option("--fresh", is_flag=True, help="Start a new run (the old one must be finished or abandoned).")
+@click.option("--again", is_flag=True, help="Run a run_once plan again where it already succeeded.")
 @allow_plan_change_option
 @log_format_option
 @handle_errors
 def run(
     plan: str,
     dry_run: bool,
-    state_dir: Path | None,
+    store: StoreChoice,
     var_pairs: tuple[str, ...],
     env_file: str | None,
     assume_yes: bool,
     fresh: bool,
+    again: bool,
     allow_plan_change: bool,
     log_format: str,
 ) -> None:
@@ -136,7 +170,8 @@ def run(
     fmt = configure_logging(log_format)
     request = commands.RunRequest(
         plan_path=plan,
-        state_dir=_state_dir(state_dir),
+        store=store,
+        again=again,
         var_pairs=var_pairs,
         env_file=env_file,
         dry_run=dry_run,
@@ -162,7 +197,7 @@ def run(
 @handle_errors
 def resume(
     plan: str,
-    state_dir: Path | None,
+    store: StoreChoice,
     var_pairs: tuple[str, ...],
     env_file: str | None,
     assume_yes: bool,
@@ -173,7 +208,7 @@ def resume(
     fmt = configure_logging(log_format)
     request = commands.RunRequest(
         plan_path=plan,
-        state_dir=_state_dir(state_dir),
+        store=store,
         var_pairs=var_pairs,
         env_file=env_file,
         assume_yes=assume_yes,
@@ -189,12 +224,12 @@ def resume(
 @main.command()
 @click.argument("plan", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@state_dir_option
 @handle_errors
-def status(plan: str | None, as_json: bool, state_dir: Path | None) -> None:
+@store_options
+def status(plan: str | None, as_json: bool, store: StoreChoice) -> None:
     """Show the latest run of PLAN (or of every plan)."""
     configure_logging("auto")
-    rows = commands.status(plan, _state_dir(state_dir))
+    rows = commands.status(plan, store)
     if as_json:
         click.echo(json.dumps(rows[0] if plan and rows else rows, indent=2, default=str))
     else:
@@ -221,7 +256,7 @@ def validate(plan: str, var_pairs: tuple[str, ...], env_file: str | None) -> Non
 @handle_errors
 def rollback(
     plan: str,
-    state_dir: Path | None,
+    store: StoreChoice,
     var_pairs: tuple[str, ...],
     env_file: str | None,
     assume_yes: bool,
@@ -231,7 +266,7 @@ def rollback(
     fmt = configure_logging(log_format)
     request = commands.RunRequest(
         plan_path=plan,
-        state_dir=_state_dir(state_dir),
+        store=store,
         var_pairs=var_pairs,
         env_file=env_file,
         assume_yes=assume_yes,
@@ -243,12 +278,12 @@ def rollback(
 
 @main.command()
 @click.argument("plan")
-@state_dir_option
 @handle_errors
-def abandon(plan: str, state_dir: Path | None) -> None:
+@store_options
+def abandon(plan: str, store: StoreChoice) -> None:
     """Mark PLAN's unfinished run abandoned (undoes nothing) so a new run can start."""
     configure_logging("auto")
-    state = commands.abandon(plan, _state_dir(state_dir))
+    state = commands.abandon(plan, store)
     click.echo(
         f"run {state['run_id']} abandoned (was {state['abandoned_from']}); "
         f"the next `migration run` starts a new run",
@@ -274,11 +309,26 @@ def schema() -> None:
 @click.argument("plan")
 @click.option("--format", "fmt", type=click.Choice(["md", "html"]), default="md", show_default=True)
 @click.option("--run", "run_id", default=None, help="A run id (default: the latest run).")
-@state_dir_option
 @handle_errors
-def report_command(plan: str, fmt: str, run_id: str | None, state_dir: Path | None) -> None:
+@store_options
+def report_command(plan: str, fmt: str, run_id: str | None, store: StoreChoice) -> None:
     """Print a report of PLAN's latest run (or --run RUN_ID)."""
-    click.echo(commands.make_report(plan, fmt, run_id, _state_dir(state_dir)), nl=False)
+    click.echo(commands.make_report(plan, fmt, run_id, store), nl=False)
+
+
+@main.command()
+@click.argument("plan", required=False)
+@click.option("--json", "as_json", is_flag=True, help="A JSON list of runs.")
+@handle_errors
+@store_options
+def history(plan: str | None, as_json: bool, store: StoreChoice) -> None:
+    """List every run of every plan in the store (or of PLAN): hosts, operator, times, status."""
+    configure_logging("auto")
+    rows = commands.history(store, plan)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+    else:
+        click.echo(format_history(rows), nl=False)
 
 
 if __name__ == "__main__":

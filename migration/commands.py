@@ -15,8 +15,8 @@ from typing import Any
 import structlog
 import yaml
 
-from migration import report
-from migration.context import PLACEHOLDER_RUN_ID, RunInputs, check_vars, prepare, run_context
+from migration import report, stores
+from migration.context import PLACEHOLDER_RUN_ID, RunInputs, TemplateContext, check_vars, prepare, run_context
 from migration.errors import (
     MigrationError,
     PlanError,
@@ -27,25 +27,33 @@ from migration.errors import (
 from migration.log import redactor
 from migration.machine import run_lifecycle
 from migration.outcomes import outcome
+from migration.plan import templates
 from migration.plan.model import Plan
 from migration.preview import Previewer
 from migration.run_document import failure_message, new_state, reconcile
 from migration.runner import Runner, RunOptions, interactive_stdin
-from migration.state import FINISHED, RunDoc, StateStore, Status, new_run_id, now_iso
+from migration.state import (
+    FINISHED,
+    RunDoc,
+    StateBackend,
+    Status,
+    host_name,
+    new_run_id,
+    now_iso,
+    operator_name,
+)
+from migration.steps.base import StopFlag
 from migration.steps.registry import step_types
+from migration.stores import StoreChoice, default_state_dir
 from migration.summary import format_status, summarize
 
 log = structlog.get_logger("migration")
 
 
-def default_state_dir() -> Path:
-    return Path(os.environ.get("MIGRATION_STATE_DIR") or "state")
-
-
 @dataclass
 class RunRequest:
     plan_path: str
-    state_dir: Path = field(default_factory=default_state_dir)
+    store: StoreChoice = field(default_factory=stores.choose)
     var_pairs: tuple[str, ...] = ()
     env_file: str | None = None
     dry_run: bool = False
@@ -53,6 +61,7 @@ class RunRequest:
     fresh: bool = False
     allow_plan_change: bool = False
     resume_only: bool = False
+    again: bool = False
     show_progress_bars: bool = False
     workdir: Path = field(default_factory=Path.cwd)
 
@@ -92,7 +101,10 @@ def run(request: RunRequest) -> RunDoc:
     inputs = _prepare(request, strict_env=True)
     check_vars(inputs)
     loaded = inputs.loaded
-    store = _acquire(request.state_dir, loaded.plan.name)
+    choice = request.store.with_plan_state(loaded.plan.state, inputs.env)
+    target = plan_target(inputs)
+    watch = LeaseWatch()
+    store = _acquire(choice, loaded.plan.name, target=target, watch=watch)
     try:
         current = store.load_current()
         state: RunDoc
@@ -121,6 +133,7 @@ def run(request: RunRequest) -> RunDoc:
                 )
                 current["plan_digest"] = loaded.digest
             reconcile(current, loaded)
+            note_holder(current)
             state = current
             # vars are rendered again on resume: they are not stored (they may hold env values)
             context = run_context(inputs, state["run_id"], state["started_at"], redactor())
@@ -128,31 +141,93 @@ def run(request: RunRequest) -> RunDoc:
         else:
             if request.resume_only:
                 raise UsageError(f"no unfinished run of plan {loaded.plan.name} to resume")
+            _check_run_once(choice, loaded.plan, target, request)
             run_id, started_at = new_run_id(), now_iso()
             context = run_context(inputs, run_id, started_at, redactor())  # before the run exists
             state = new_state(loaded, run_id, started_at, request.workdir, list(inputs.overrides))
+            state["target"] = target
+            state["operator"] = operator_name()
+            note_holder(state)
             store.save(state)
             store.set_current(state["run_id"])
             log.info("new run", run_id=state["run_id"], plan=loaded.plan.name)
         runner = Runner(loaded.plan, store, state, context, _options(request), redactor())
+        watch.flag = runner.stop_flag
+        runner.check_other_hosts()
         with runner.signals():
             runner.execute()
         return outcome(runner.state, request.plan_path, loaded.plan.on_failure)
     finally:
-        store.release()
+        store.close()
 
 
-def _acquire(state_dir: Path, plan_name: str) -> StateStore:
-    """Lock the plan; a lock left by a dead process is taken over, and we say so."""
-    store = StateStore(state_dir, plan_name, redactor())
-    store.acquire()
-    previous = store.lock.previous_owner
-    if previous:
-        log.warning(
-            f"previous run, pid {previous.get('pid')} on host {previous.get('host')}, died; resuming",
-            lock=str(store.lock.path),
-        )
+class LeaseWatch:
+    """Stops the run (its stop flag) when the renewal thread finds the lease taken over;
+    the run then ends at its next write with the LeaseLost message (exit 5)."""
+
+    def __init__(self) -> None:
+        self.flag: StopFlag | None = None
+
+    def __call__(self, lost: Exception) -> None:
+        if self.flag is not None:
+            self.flag.set("the loss of the lease")
+
+
+def _acquire(
+    choice: StoreChoice, plan_name: str, *, target: str | None = None, watch: LeaseWatch | None = None
+) -> StateBackend:
+    """Lock the plan; a lock or lease left by a dead process is taken over, and we say so."""
+    store = stores.open_store(choice, plan_name, redactor(), target=target, on_lease_lost=watch)
+    try:
+        store.acquire()
+    except BaseException:
+        store.close()
+        raise
+    message = store.lock.takeover_message()
+    if message:
+        log.warning(message, lock=str(store.lock.path))
     return store
+
+
+def note_holder(state: RunDoc) -> None:
+    """Record this host as the run's latest holder (``hosts``, in order, for the history)."""
+    hosts = [h for h in state.get("hosts") or [] if isinstance(h, str)]
+    here = host_name()
+    if not hosts or hosts[-1] != here:
+        hosts.append(here)
+    state["hosts"] = hosts
+
+
+def plan_target(inputs: RunInputs) -> str | None:
+    """The database the plan migrates (no credentials): the first step ``uri`` that renders
+    from ``vars`` and ``env`` alone, for the history and ``run_once``."""
+    context: TemplateContext = run_context(inputs, PLACEHOLDER_RUN_ID, "", redactor())
+    for spec in inputs.loaded.plan.all_steps():
+        uri = spec.with_.get("uri")
+        if not isinstance(uri, str):
+            continue
+        try:
+            value = templates.render_value(uri, context.as_dict())
+        except templates.TemplateError:
+            continue
+        if isinstance(value, str) and "://" in value:
+            return stores.target_of([value])
+    return None
+
+
+def _check_run_once(choice: StoreChoice, plan: Plan, target: str | None, request: RunRequest) -> None:
+    """Say so before a plan runs again where it already succeeded; ``run_once`` refuses."""
+    done = stores.last_success(choice, plan.name, target)
+    if done is None:
+        return
+    where = " > ".join(done.get("hosts") or []) or "an unknown host"
+    what = (
+        f"plan {plan.name} already succeeded against {target or 'its target'}: run {done['run_id']} "
+        f"on host {where}, finished {done.get('finished_at')}"
+    )
+    if plan.run_once and not request.again:
+        raise UsageError(f"{what}; the plan says run_once: true. Run it again only on purpose, with --again")
+    log.warning(f"{what}; running it again")
 
 
 def _options(request: RunRequest) -> RunOptions:
@@ -171,13 +246,13 @@ def rollback(request: RunRequest) -> RunDoc:
     )
     check_vars(inputs)
     loaded = inputs.loaded
-    store = _acquire(request.state_dir, loaded.plan.name)
+    choice = request.store.with_plan_state(loaded.plan.state, inputs.env)
+    watch = LeaseWatch()
+    store = _acquire(choice, loaded.plan.name, target=plan_target(inputs), watch=watch)
     try:
         state = store.load_current()
         if state is None:
-            raise UsageError(
-                f"plan {loaded.plan.name} has no run to roll back (state dir {request.state_dir})"
-            )
+            raise UsageError(f"plan {loaded.plan.name} has no run to roll back (state in {choice.where})")
         if state["status"] == Status.ROLLED_BACK:
             log.info("already rolled back", run_id=state["run_id"])
             return state
@@ -194,8 +269,11 @@ def rollback(request: RunRequest) -> RunDoc:
         elif state["status"] == Status.RUNNING:
             state["status"] = Status.INTERRUPTED
         reconcile(state, loaded)
+        note_holder(state)
         context = run_context(inputs, state["run_id"], state["started_at"], redactor())
         runner = Runner(loaded.plan, store, state, context, _options(request), redactor())
+        watch.flag = runner.stop_flag
+        runner.check_other_hosts(rollback=True)
         reason = failure_message(state) or "rollback requested by operator"
         with runner.signals():
             runner.rollback(reason)
@@ -204,13 +282,13 @@ def rollback(request: RunRequest) -> RunDoc:
             return final
         return outcome(final, request.plan_path)
     finally:
-        store.release()
+        store.close()
 
 
-def abandon(plan_path: str, state_dir: Path) -> dict[str, Any]:
+def abandon(plan_path: str, choice: StoreChoice) -> dict[str, Any]:
     """Mark the unfinished latest run abandoned so a new run can start (nothing is undone)."""
-    name = plan_name_of(plan_path)
-    store = _acquire(state_dir, name)
+    name, choice = _plan_store(plan_path, choice)
+    store = _acquire(choice, name)
     try:
         run_id = store.current_run_id()
         try:
@@ -238,11 +316,12 @@ def abandon(plan_path: str, state_dir: Path) -> dict[str, Any]:
         )
         return dict(state)
     finally:
-        store.release()
+        store.close()
 
 
-def plan_name_of(plan: str) -> str:
-    """The plan's name from its file (leniently: status must work on a broken plan), or ``plan`` itself."""
+def _plan_head(plan: str) -> tuple[str, str | None]:
+    """The plan's name and ``state:`` from its file (leniently: status must work on a broken
+    plan), or ``plan`` itself as a name."""
     path = Path(plan)
     if path.is_file():
         try:
@@ -250,45 +329,68 @@ def plan_name_of(plan: str) -> str:
         except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
             raise PlanError(f"cannot read plan name: {exc}", file=plan) from exc
         if isinstance(data, dict) and isinstance(data.get("name"), str):
-            return data["name"]
+            state = data.get("state")
+            return data["name"], state if isinstance(state, str) else None
         raise PlanError("plan has no name", file=plan)
     if "/" in plan or plan.endswith((".yaml", ".yml")):
         raise PlanError("plan file not found", file=plan)
-    return plan
+    return plan, None
 
 
-def status(plan: str | None, state_dir: Path) -> list[dict[str, Any]]:
-    """Summaries of the latest run of one plan, or of every plan in the state directory."""
-    names = (
-        [plan_name_of(plan)]
-        if plan
-        else sorted(p.name for p in state_dir.glob("*") if p.is_dir() and (p / "current").exists())
-        if state_dir.exists()
-        else []
-    )
+def plan_name_of(plan: str) -> str:
+    """The plan's name from its file, or ``plan`` itself."""
+    return _plan_head(plan)[0]
+
+
+def _plan_store(plan: str, choice: StoreChoice) -> tuple[str, StoreChoice]:
+    name, plan_state = _plan_head(plan)
+    return name, choice.with_plan_state(plan_state, os.environ)
+
+
+def status(plan: str | None, choice: StoreChoice) -> list[dict[str, Any]]:
+    """Summaries of the latest run of one plan, or of every plan in the store."""
+    if plan:
+        name, choice = _plan_store(plan, choice)
+        names = [name]
+    else:
+        names = stores.plan_names(choice)
     out = []
     for name in names:
-        store = StateStore(state_dir, name)
-        state = store.load_current()
-        if state is None:
-            if plan:
-                raise UsageError(f"plan {name} has no runs in {state_dir}")
-            continue
-        out.append(summarize(state, store))
+        store = stores.open_store(choice, name)
+        try:
+            state = store.load_current()
+            if state is None:
+                if plan:
+                    raise UsageError(f"plan {name} has no runs in {choice.where}")
+                continue
+            out.append(summarize(state, store))
+        finally:
+            store.close()
     return out
 
 
-def make_report(plan: str, fmt: str, run_id: str | None, state_dir: Path) -> str:
-    name = plan_name_of(plan)
-    store = StateStore(state_dir, name)
-    runs = store.list_runs()
-    if run_id and run_id not in runs:
-        known = ", ".join(runs) or "none"
-        raise UsageError(f"plan {name} has no run {run_id} in {state_dir} (runs: {known})")
-    state = store.load(run_id) if run_id else store.load_current()
+def make_report(plan: str, fmt: str, run_id: str | None, choice: StoreChoice) -> str:
+    name, choice = _plan_store(plan, choice)
+    store = stores.open_store(choice, name)
+    try:
+        runs = store.list_runs()
+        if run_id and run_id not in runs:
+            known = ", ".join(runs) or "none"
+            raise UsageError(f"plan {name} has no run {run_id} in {choice.where} (runs: {known})")
+        state = store.load(run_id) if run_id else store.load_current()
+    finally:
+        store.close()
     if state is None:
-        raise UsageError(f"plan {name} has no runs in {state_dir}")
+        raise UsageError(f"plan {name} has no runs in {choice.where}")
     return report.html_report(state) if fmt == "html" else report.markdown(state)
+
+
+def history(choice: StoreChoice, plan: str | None = None) -> list[dict[str, Any]]:
+    """Every run of every plan in the store (or of ``plan``), oldest first."""
+    name = _plan_store(plan, choice)[0] if plan else None
+    if plan:
+        choice = _plan_store(plan, choice)[1]
+    return stores.history(choice, name)
 
 
 def list_steps() -> str:
@@ -338,8 +440,10 @@ __all__ = [
     "MigrationError",
     "RunRequest",
     "abandon",
+    "default_state_dir",
     "dry_run",
     "format_status",
+    "history",
     "list_steps",
     "make_report",
     "rollback",

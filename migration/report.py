@@ -103,6 +103,8 @@ def markdown(state: RunDoc) -> str:
     if dt is not None:
         add(f"- downtime: **{fmt_seconds(dt['seconds'])}** ({dt['note']})")
     add(f"- plan: `{state.get('plan_path')}` ({state.get('plan_digest')})")
+    if state.get("hosts"):
+        add(f"- hosts: {' > '.join(state.get('hosts') or [])}")
     error = state.get("error")
     if error:
         add(f"- failure: {error.get('message')}")
@@ -150,6 +152,12 @@ def markdown(state: RunDoc) -> str:
             if st.get("error"):
                 add(f"- **{st['id']} error**: {st['error']}")
                 add("")
+    if state.get("host_notes"):
+        add("## Left on another host")
+        add("")
+        for note in state.get("host_notes") or []:
+            add(f"- {note.get('step')} (on host {note.get('host')}): {note.get('note')}")
+        add("")
     rb = state["rollback"]
     if rb.get("status"):
         add("## Rollback")

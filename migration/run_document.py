@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 from pathlib import Path
-from typing import Any
 
+from migration.jsonable import jsonable as jsonable  # one home; re-exported for the engine
 from migration.plan.loader import LoadedPlan
 from migration.plan.model import Phase
 from migration.state.document import SCHEMA_VERSION, PhaseDoc, RollbackDoc, RunDoc, Status, StepDoc
+from migration.state.host import host_name
 
 
 def new_step_state(step_id: str, uses: str) -> StepDoc:
@@ -72,7 +71,7 @@ def new_state(
         "started_at": started_at,
         "finished_at": None,
         "workdir": str(workdir),
-        "host": socket.gethostname(),
+        "host": host_name(),
         "pid": os.getpid(),
         "var_overrides": sorted(var_overrides),
         "error": None,
@@ -105,7 +104,3 @@ def failure_message(state: RunDoc) -> str | None:
 def checkpoint_status(phase: PhaseDoc) -> str | None:
     checkpoint = phase.get("checkpoint")
     return checkpoint["status"] if checkpoint else None
-
-
-def jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str))

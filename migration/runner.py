@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from migration.checkpoints import evaluate_checkpoint
 from migration.context import TemplateContext, render_with
 from migration.errors import Interrupted, MigrationError, StepError
+from migration.hosts import check_files, foreign_outputs, process_elsewhere, steps_to_run
 from migration.interrupts import Interrupts, StepTimeout
 from migration.leftovers import STEP_MARK, leftover_processes, stop_leftovers
 from migration.machine import Lifecycle, phase_lifecycle, run_lifecycle, step_lifecycle
@@ -35,7 +36,7 @@ from migration.plan.model import Phase, Plan, StepSpec
 from migration.rollback import Entry, missing_dependency, phase_entries, rollback_entries, rollback_steps
 from migration.run_document import all_steps, failure_message, jsonable
 from migration.secrets import Redactor
-from migration.state import DONE, PhaseDoc, RunDoc, StateStore, Status, StepDoc, now_iso
+from migration.state import DONE, PhaseDoc, RunDoc, StateBackend, Status, StepDoc, host_name, now_iso
 from migration.state.document import ENDED
 from migration.steps.base import Step, StepContext
 from migration.steps.registry import get_step_type
@@ -66,7 +67,7 @@ class Runner:
     def __init__(
         self,
         plan: Plan,
-        store: StateStore,
+        store: StateBackend,
         state: RunDoc,
         context: TemplateContext,
         options: RunOptions,
@@ -84,6 +85,8 @@ class Runner:
         # One machine checks every step's moves (built once: a run may have thousands of steps).
         self._step_machine = step_lifecycle("", S.PENDING)
         self.events = store.open_events(state["run_id"])
+        self.host = host_name()
+        self._foreign = foreign_outputs(state, self.host)
         self._refresh_step_context()
 
     # -- persistence ----------------------------------------------------------------
@@ -162,6 +165,13 @@ class Runner:
             with os.fdopen(fd, "a", encoding="utf-8") as fh:
                 fh.write(f"--- {now_iso()} run {self.state['run_id']}\n{self.redact.text(text)}\n")
         return str(path)
+
+    def check_other_hosts(self, *, rollback: bool = False) -> None:
+        """Before anything runs: stop if a step still to run needs a file another host left
+        (see :mod:`migration.hosts`). A resumed run checks its rollback's steps too."""
+        if self._foreign:
+            to_run = steps_to_run(self.plan, self.state, rollback=rollback)
+            check_files(self._foreign, to_run, self.host, self.options.workdir)
 
     # -- the run ------------------------------------------------------------------------
     def execute(self) -> RunDoc:
@@ -305,6 +315,18 @@ class Runner:
             self.persist()
             log.warning("rollback step skipped", step=st["id"], reason=st["reason"])
             return True
+        elsewhere = process_elsewhere(self._foreign, spec, self.host) if self._foreign else None
+        if elsewhere is not None:
+            self._move_step(st, "skip")
+            st["reason"] = elsewhere
+            record: Any = self.state
+            record.setdefault("host_notes", []).append(
+                {"step": spec.id, "host": self.host, "note": elsewhere}
+            )
+            self.persist()
+            self.event("step", step=spec.id, dest=S.SKIPPED, reason=elsewhere)
+            log.warning("step skipped", step=spec.id, reason=elsewhere)
+            return True
         if entry.undo and entry.handler is None:
             missing = missing_dependency(spec, self.context.steps)
             if missing is not None:
@@ -371,6 +393,7 @@ class Runner:
             st["attempts"] = st.get("attempts", 0) + 1
             st["started_at"] = now_iso()
             st["error"] = None
+            st["host"] = self.host
             self.persist(st)
             self.event("step", step=spec.id, phase=phase_id, dest=S.RUNNING, attempt=st["attempts"])
             log.info("step", step=spec.id, uses=spec.uses, status=S.RUNNING, attempt=st["attempts"])

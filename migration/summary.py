@@ -6,10 +6,10 @@ from typing import Any
 
 from migration import report
 from migration.run_document import checkpoint_status, failure_message
-from migration.state import LIVE, RunDoc, StateStore, Status
+from migration.state import LIVE, RunDoc, StateBackend, Status
 
 
-def summarize(state: RunDoc, store: StateStore | None = None) -> dict[str, Any]:
+def summarize(state: RunDoc, store: StateBackend | None = None) -> dict[str, Any]:
     steps = [s for p in state["phases"] for s in p["steps"]]
     counts: dict[str, int] = {}
     for s in steps:

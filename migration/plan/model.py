@@ -71,6 +71,15 @@ class Plan(_Strict):
     on_failure: Literal["rollback", "stop"] = "rollback"
     rollback: list[StepSpec] | RollbackHandler = Field(default_factory=list)
     downtime: Downtime | None = None
+    state: str | None = Field(
+        default=None,
+        description="keep the run state in MongoDB: mongodb://HOST/DB, or a template over env "
+        "such as '{{ env.MIGRATION_STATE_URL }}' (--state-url and MIGRATION_STATE_URL win)",
+    )
+    run_once: bool = Field(
+        default=False,
+        description="refuse a second run against a target it already succeeded on (unless --again)",
+    )
     phases: list[Phase] = Field(min_length=1)
 
     def all_steps(self) -> list[StepSpec]:

@@ -7,6 +7,7 @@ which ties them together for one plan).
 """
 
 from migration.state.atomic import atomic_write, new_run_id, now_iso
+from migration.state.backend import EventSink, LockView, StateBackend
 from migration.state.document import (
     DONE,
     FINISHED,
@@ -21,6 +22,7 @@ from migration.state.document import (
     StepDoc,
 )
 from migration.state.events import EventLog
+from migration.state.host import host_name, operator_name
 from migration.state.lock import PlanLock
 from migration.state.shape import shape_problem
 from migration.state.store import StateStore
@@ -33,15 +35,20 @@ __all__ = [
     "SCHEMA_VERSION",
     "STEP_STATES",
     "EventLog",
+    "EventSink",
+    "LockView",
     "PhaseDoc",
     "PlanLock",
     "RollbackDoc",
     "RunDoc",
+    "StateBackend",
     "StateStore",
     "Status",
     "StepDoc",
     "atomic_write",
+    "host_name",
     "new_run_id",
     "now_iso",
+    "operator_name",
     "shape_problem",
 ]

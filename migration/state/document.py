@@ -75,6 +75,8 @@ class StepDoc(TypedDict, total=False):
     duration_s: float
     reason: str
     progress: dict[str, Any]
+    # the host that ran its latest attempt (see migration.hosts)
+    host: str
     # rollback entries only: the phase whose rollback list it comes from
     phase: str | None
 
@@ -147,6 +149,12 @@ class RunDoc(TypedDict, total=False):
     plan_changes: list[PlanChange]
     journal_seq: int
     abandoned_from: str
+    # who ran it, and where (for ``migration history``): every host that held it, in order
+    hosts: list[str]
+    operator: str
+    target: str | None
+    # steps skipped because what they reach stayed on another host (see migration.hosts)
+    host_notes: list[dict[str, str]]
 
 
 class JournalEntry(TypedDict):

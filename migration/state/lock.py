@@ -6,13 +6,13 @@ import contextlib
 import fcntl
 import json
 import os
-import socket
 import time
 from pathlib import Path
 from typing import Any
 
 from migration.errors import LockedError
 from migration.state.atomic import now_iso, state_dir_error
+from migration.state.host import host_name
 
 
 class PlanLock:
@@ -46,11 +46,18 @@ class PlanLock:
         owner = self._read(fd)
         if owner.get("pid"):
             self.previous_owner = owner
-        record = {"pid": os.getpid(), "host": socket.gethostname(), "since": now_iso()}
+        record = {"pid": os.getpid(), "host": host_name(), "since": now_iso()}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(record).encode(), 0)
         os.fsync(fd)
         self._fd = fd
+
+    def takeover_message(self) -> str | None:
+        """The line the design promises when a dead process's lock is taken over, or None."""
+        previous = self.previous_owner
+        if not previous:
+            return None
+        return f"previous run, pid {previous.get('pid')} on host {previous.get('host')}, died; resuming"
 
     def is_held(self) -> bool | None:
         """Whether a live process holds the lock, from ``/proc/locks`` (read-only; None if unknown).
@@ -85,7 +92,7 @@ class PlanLock:
         for _ in range(40):
             owner = self._read(fd)
             pid, host = owner.get("pid"), owner.get("host")
-            if pid and host and host != socket.gethostname():
+            if pid and host and host != host_name():
                 return owner
             if isinstance(pid, int) and pid > 0:
                 try:

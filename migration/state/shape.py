@@ -13,10 +13,12 @@ import json
 from collections.abc import Collection
 from typing import Any
 
+from migration.errors import StateError
 from migration.state.document import (
     PHASE_STATES,
     ROLLBACK_STATES,
     RUN_STATES,
+    SCHEMA_VERSION,
     STEP_STATES,
     RunDoc,
     StepDoc,
@@ -197,3 +199,34 @@ def journal_problem(entry: Any) -> str | None:
     except _Shape as problem:
         return str(problem)
     return None
+
+
+def parse_run_document(
+    text: str, run_id: str, place: str, id_origin: str, repair_hint: str, abandon: str
+) -> Any:
+    """The run document stored at ``place`` as ``text``, checked; raises StateError saying why not.
+
+    Shared by both stores: ``id_origin`` names where ``run_id`` came from (a file
+    name, a document id), ``repair_hint`` where the events are, ``abandon`` how to
+    set the run aside.
+    """
+    try:
+        state = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise StateError(
+            f"{place} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
+            f"it was edited or damaged. Repair it ({repair_hint}), or {abandon}"
+        ) from exc
+    version = state.get("schema_version") if isinstance(state, dict) else None
+    if isinstance(version, int) and version > SCHEMA_VERSION:
+        raise StateError(
+            f"{place} was written by a newer migration (schema {version}); upgrade migration to resume it"
+        )
+    problem = shape_problem(state)
+    if problem is None and state["run_id"] != run_id:
+        problem = f"its run_id {show(state['run_id'])} is not its {id_origin} {show(run_id)}"
+    if problem is not None:
+        raise StateError(
+            f"{place} is not a migration state ({problem}); it was edited or damaged. Repair it, or {abandon}"
+        )
+    return state

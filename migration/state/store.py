@@ -16,11 +16,11 @@ from typing import Any
 from migration.errors import StateError
 from migration.secrets import Redactor
 from migration.state.atomic import atomic_write, fsync_dir, state_dir_error
-from migration.state.document import SCHEMA_VERSION, JournalEntry, RunDoc, StepDoc
+from migration.state.document import JournalEntry, RunDoc, StepDoc
 from migration.state.events import EventLog
 from migration.state.journal import Journal
 from migration.state.lock import PlanLock
-from migration.state.shape import shape_problem, show
+from migration.state.shape import parse_run_document
 
 
 class StateStore:
@@ -63,6 +63,14 @@ class StateStore:
             self.journal.close()
             self.lock.release()
 
+    def close(self) -> None:
+        self.release()
+
+    @property
+    def where(self) -> str:
+        """Where the runs are kept, for messages."""
+        return str(self.root)
+
     # -- runs ---------------------------------------------------------------------
     def run_path(self, run_id: str) -> Path:
         return self.dir / f"{run_id}.json"
@@ -88,28 +96,14 @@ class StateStore:
             ) from exc
         except OSError as exc:
             raise StateError(f"cannot read state file {path}: {exc.strerror}") from exc
-        try:
-            state = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise StateError(
-                f"state file {path} is not valid JSON (line {exc.lineno}, column {exc.colno}: "
-                f"{exc.msg}); it was edited or damaged. Repair it (the events log "
-                f"{path.with_suffix('').name}.events.jsonl records every step), or {self._abandon_hint}"
-            ) from exc
-        version = state.get("schema_version") if isinstance(state, dict) else None
-        if isinstance(version, int) and version > SCHEMA_VERSION:
-            raise StateError(
-                f"state file {path} was written by a newer migration (schema "
-                f"{version}); upgrade migration to resume it"
-            )
-        problem = shape_problem(state)
-        if problem is None and state["run_id"] != run_id:
-            problem = f"its run_id {show(state['run_id'])} is not its file name's {show(run_id)}"
-        if problem is not None:
-            raise StateError(
-                f"state file {path} is not a migration state ({problem}); it was edited or damaged. "
-                f"Repair it, or {self._abandon_hint}"
-            )
+        state = parse_run_document(
+            text,
+            run_id,
+            f"state file {path}",
+            "file name's",
+            f"the events log {path.with_suffix('').name}.events.jsonl records every step",
+            self._abandon_hint,
+        )
         document: RunDoc = state
         self.journal.replay(document, self._abandon_hint)
         return document

@@ -17,7 +17,7 @@ import subprocess
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field
 
@@ -102,6 +102,8 @@ class ProcessStart(Step["ProcessStart.Params"]):
     """
 
     name = "process.start"
+    # The service runs on the host that started it (see migration.hosts).
+    host_local_outputs: ClassVar[dict[str, str]] = {"pid": "process"}
     outputs = {
         "pid": "process id",
         "pgid": "process group id",
@@ -325,6 +327,7 @@ class ProcessStop(Step["ProcessStop.Params"]):
     """
 
     name = "process.stop"
+    step_id_params: ClassVar[tuple[str, ...]] = ("id",)
     undo_verb = "stop"
     outputs = {
         "stopped": "true when a running process was stopped",

@@ -6,8 +6,9 @@
 
 from typing import TYPE_CHECKING
 
+from migration.state.host import host_name
 from migration.store_mongo.backend import EventSink, LockView, RunDocument, StateBackend, StepDocument
-from migration.store_mongo.connection import Connection, describe_target, host_name
+from migration.store_mongo.connection import Connection, describe_target
 from migration.store_mongo.errors import LeaseLost
 from migration.store_mongo.events import MongoEventLog, read_events
 from migration.store_mongo.history import format_history, history, last_success, open_history

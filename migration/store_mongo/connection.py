@@ -12,9 +12,6 @@ SQLite) transaction before it answers.
 from __future__ import annotations
 
 import contextlib
-import getpass
-import os
-import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -23,7 +20,13 @@ from urllib.parse import urlsplit
 import pymongo
 import structlog
 from pymongo.collection import Collection
-from pymongo.errors import ConfigurationError, OperationFailure, PyMongoError, WriteConcernError
+from pymongo.errors import (
+    ConfigurationError,
+    DuplicateKeyError,
+    OperationFailure,
+    PyMongoError,
+    WriteConcernError,
+)
 from pymongo.write_concern import WriteConcern
 
 from migration.errors import StateError, UsageError
@@ -40,18 +43,6 @@ FALLBACKS = (DURABLE, WriteConcern(w=1, j=True), WriteConcern(w=1))
 WRITE_CONCERN_REFUSED = frozenset({2, 9, 79, 100})
 DEFAULT_PREFIX = "migration_"
 COLLECTIONS = ("runs", "current", "journal", "events", "leases")
-
-
-def host_name() -> str:
-    """The host name a run records: ``MIGRATION_HOSTNAME`` when set, else the machine's."""
-    return os.environ.get("MIGRATION_HOSTNAME") or socket.gethostname()
-
-
-def operator_name() -> str:
-    try:
-        return os.environ.get("USER") or getpass.getuser()
-    except (OSError, KeyError):  # no user name in the environment or the password database
-        return "unknown"
 
 
 def describe_target(url: str) -> str:
@@ -122,12 +113,7 @@ class Connection:
         for concern in FALLBACKS:
             self.write_concern = concern
             try:
-                with self.errors("a probe write"):
-                    self.collection("current").update_one(
-                        {"_id": f"probe|{host}"},
-                        {"$set": {"probe": True, "host": host}},
-                        upsert=True,
-                    )
+                self._probe_write(host)
             except StateError as exc:
                 code = getattr(exc.__cause__, "code", None)
                 if isinstance(exc.__cause__, (OperationFailure, WriteConcernError)) and (
@@ -144,6 +130,22 @@ class Connection:
             self._probed = True
             return
         raise StateError(f"state store {self.shown} refuses every write concern tried (w: majority ... w: 1)")
+
+    def _probe_write(self, host: str) -> None:
+        """Upsert this host's probe document. Two processes of one host upserting it at
+        once: one inserts, the other gets 11000 (an upsert is not atomic); it then matches."""
+        for attempt in range(3):
+            try:
+                with self.errors("a probe write"):
+                    self.collection("current").update_one(
+                        {"_id": f"probe|{host}"},
+                        {"$set": {"probe": True, "host": host}},
+                        upsert=True,
+                    )
+                return
+            except StateError as exc:
+                if not isinstance(exc.__cause__, DuplicateKeyError) or attempt == 2:
+                    raise
 
     def server_now(self) -> datetime:
         """The server's clock (``hello``'s localTime); the local clock if it does not say."""

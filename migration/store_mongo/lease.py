@@ -37,7 +37,8 @@ import structlog
 from pymongo.errors import DuplicateKeyError
 
 from migration.errors import LockedError, StateError
-from migration.store_mongo.connection import Connection, operator_name
+from migration.state.host import operator_name
+from migration.store_mongo.connection import Connection
 from migration.store_mongo.errors import LeaseLost
 
 log = structlog.get_logger()

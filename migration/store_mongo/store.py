@@ -31,14 +31,13 @@ from pymongo.errors import DuplicateKeyError
 from migration.errors import StateError
 from migration.report import downtime
 from migration.secrets import Redactor
-from migration.state import SCHEMA_VERSION, now_iso, shape_problem
+from migration.state import host_name, now_iso, operator_name
+from migration.state.shape import parse_run_document
 from migration.store_mongo.backend import RunDocument, StepDocument
 from migration.store_mongo.connection import (
     DEFAULT_PREFIX,
     Connection,
     describe_target,
-    host_name,
-    operator_name,
     parse_seconds,
 )
 from migration.store_mongo.errors import LeaseLost
@@ -62,8 +61,10 @@ class MongoStateStore:
     """All state of one plan in MongoDB: runs, the ``current`` pointer, the lease and events.
 
     ``target`` (the database the plan migrates, credentials are dropped) is
-    recorded in each run for ``migration history``; when given, the lease and the
-    ``current`` pointer are per plan *and* target. ``on_lease_lost`` is called from
+    recorded in each run for ``migration history`` and ``run_once``. The lease and
+    the ``current`` pointer are per plan, as the file store's lock and pointer are
+    (a plan is identified by its name, whichever host runs it and whatever the
+    target: a second target needs a second plan name). ``on_lease_lost`` is called from
     the renewal thread when a renewal finds the lease taken over (to stop the run
     at once rather than at its next write).
     """
@@ -87,7 +88,7 @@ class MongoStateStore:
         self.redact = redact or Redactor()
         self.conn = Connection(url, prefix=prefix)
         self.target = describe_target(target) if target else None
-        self.scope = f"{plan_name}|{self.target}" if self.target else plan_name
+        self.scope = plan_name
         self.host = host_name()
         seconds = parse_seconds(
             lease_seconds if lease_seconds is not None else os.environ.get("MIGRATION_LEASE_SECONDS"),
@@ -161,28 +162,14 @@ class MongoStateStore:
         text = doc.get("state_json")
         if not isinstance(text, str):
             raise StateError(f"run {place} holds no state_json text; it was edited. {self._abandon_hint}")
-        try:
-            state = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise StateError(
-                f"run {place} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
-                f"it was edited or damaged. Repair it (its events are in {self.conn.prefix}events), "
-                f"or {self._abandon_hint}"
-            ) from exc
-        version = state.get("schema_version") if isinstance(state, dict) else None
-        if isinstance(version, int) and version > SCHEMA_VERSION:
-            raise StateError(
-                f"run {place} was written by a newer migration (schema {version}); "
-                "upgrade migration to resume it"
-            )
-        problem = shape_problem(state)
-        if problem is None and state["run_id"] != run_id:
-            problem = f"its run_id {state['run_id']!r} is not its document id {run_id!r}"
-        if problem is not None:
-            raise StateError(
-                f"run {place} is not a migration state ({problem}); it was edited or damaged. "
-                f"Repair it, or {self._abandon_hint}"
-            )
+        state = parse_run_document(
+            text,
+            run_id,
+            f"run {place}",
+            "document id",
+            f"its events are in {self.conn.prefix}events",
+            self._abandon_hint,
+        )
         record = self._record_of(doc)
         self._records[run_id] = record
         self._replay_journal(state, record.epoch)

@@ -8,7 +8,7 @@ import secrets
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 from pymongo.database import Database
@@ -259,6 +259,8 @@ class MongoBackup(Step["MongoBackup.Params"]):
     """
 
     name = "mongo.backup"
+    # The dump stays on the disk of the host that made it (see migration.hosts).
+    host_local_outputs: ClassVar[dict[str, str]] = {"path": "file"}
     outputs = {
         "path": "the backup folder, holding backup-manifest.json (what mongo.restore takes as from)",
         "total_records": "documents backed up, all collections",

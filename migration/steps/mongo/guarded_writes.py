@@ -11,7 +11,6 @@ else is a ``conflict`` and is never overwritten.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +25,7 @@ from migration.steps.mongo.documents import (
     UpdateError,
     apply_update,
     as_stored,
+    copy_value,
     diff,
     get_path,
     guard,
@@ -39,6 +39,11 @@ from migration.steps.mongo.operations import OperationOutcome, OperationsProgram
 # a command of 50 or more statements never finishes and wedges the server. Keep
 # commands well below that.
 FERRETDB_STATEMENTS_PER_COMMAND = 20
+# Concurrent writers (``workers``) share that pool with every other client: together
+# they keep no more statements in flight than one writer does, so workers add no
+# risk of exhausting it (a mix of half-done commands from several clients that
+# reaches 50 wedges it just the same: seen with two transforms on one server).
+FERRETDB_STATEMENTS_IN_FLIGHT = FERRETDB_STATEMENTS_PER_COMMAND
 
 
 @dataclass
@@ -80,14 +85,14 @@ class Planner:
         doc_id = doc["_id"]
         try:
             if self.function is not None:
-                update = self.function(copy.deepcopy(doc))
+                update = self.function(copy_value(doc))
                 if update is None:
                     return Planned(doc_id, doc, "skipped", "the function returned None")
-                after = apply_update(doc, update)
+                # ``doc`` is as read, so only the values set need their stored form.
+                after = apply_update(doc, update, stored=True)
             else:
                 assert self.program is not None
-                after = self.program.apply(doc)
-            after = as_stored(after)
+                after = as_stored(self.program.apply(doc))
             if not same(after.get("_id", MISSING), doc_id):
                 raise UpdateError("a transform may not change _id")
             update = diff(doc, after)
@@ -115,9 +120,14 @@ class GuardedWriter:
         ferretdb: bool,
         redact: Callable[[str], str],
         check_stop: Callable[[], None] = lambda: None,
+        *,
+        concurrent_writers: int = 1,
     ) -> None:
         self.collection = collection
-        self.chunk = FERRETDB_STATEMENTS_PER_COMMAND if ferretdb else 0
+        self.chunk = 0
+        if ferretdb:
+            shared = max(1, FERRETDB_STATEMENTS_IN_FLIGHT // max(1, concurrent_writers))
+            self.chunk = min(FERRETDB_STATEMENTS_PER_COMMAND, shared)
         self.redact = redact
         # Stopping between chunks is safe: the batch is journaled and not yet
         # recorded as done, so a re-run replays it.

@@ -25,7 +25,6 @@ ValueError counts as "no").
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -34,7 +33,14 @@ from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from migration.steps.base import StepParams
 from migration.steps.callables import check_spec, load_callable
-from migration.steps.mongo.documents import MISSING, UNADDRESSABLE, get_path, set_path, unset_path
+from migration.steps.mongo.documents import (
+    MISSING,
+    UNADDRESSABLE,
+    copy_value,
+    get_path,
+    set_path,
+    unset_path,
+)
 from migration.steps.mongo.query_filters import compile_regex
 
 KINDS = ("set", "unset", "rename", "split")
@@ -240,11 +246,11 @@ class OperationsProgram:
         Raises:
             OperationOutcome: a split value no classifier accepts (per ``unmatched``).
         """
-        after = copy.deepcopy(doc)
+        after = copy_value(doc)
         for index, operation in enumerate(self.operations):
             if isinstance(operation, SetOperation):
                 for path, value in operation.set.items():
-                    set_path(after, path, copy.deepcopy(value))
+                    set_path(after, path, copy_value(value))
             elif isinstance(operation, UnsetOperation):
                 for path in operation.unset:
                     unset_path(after, path)
@@ -277,7 +283,7 @@ class OperationsProgram:
         if spec.remove_source:
             unset_path(doc, spec.field)
         for target in spec.into:
-            set_path(doc, target, copy.deepcopy(value) if target == chosen else None)
+            set_path(doc, target, copy_value(value) if target == chosen else None)
 
 
 def _compile_classifier(spec: Classifier, workdir: Path, env: Mapping[str, str]) -> Callable[[Any], bool]:

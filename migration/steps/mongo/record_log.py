@@ -17,7 +17,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+import bson
 from bson import json_util
+from bson.codec_options import DEFAULT_CODEC_OPTIONS, CodecOptions
 from bson.json_util import CANONICAL_JSON_OPTIONS
 
 from migration.steps.mongo.documents import id_key, to_json
@@ -62,12 +64,13 @@ class RecordLog:
         after: Any,
         current: Any = None,
     ) -> None:
-        record: dict[str, Any] = {"id": doc_id, "status": status, "reason": reason}
-        record["before"] = before
-        record["after"] = after
+        before_json = to_json(before)
+        record: dict[str, Any] = {"id": to_json(doc_id), "status": status, "reason": reason}
+        record["before"] = before_json
+        record["after"] = _json_sharing(after, before, before_json)
         if current is not None:
-            record["current"] = current
-        line = json.dumps(to_json(record), ensure_ascii=False, separators=(",", ":"))
+            record["current"] = to_json(current)
+        line = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
         self._file.write(line.encode("utf-8") + b"\n")
 
     def commit(self) -> int:
@@ -82,6 +85,31 @@ class RecordLog:
             self._file.close()
 
 
+def _json_sharing(value: Any, before: Any, before_json: Any) -> Any:
+    """``to_json(value)``, reusing ``before_json`` for the fields ``value`` shares with ``before``.
+
+    An after-state is a copy of the before-state that shares its unchanged values
+    (the same objects), so most of its conversion is already done.
+    """
+    if type(value) is not dict or type(before) is not dict or type(before_json) is not dict:
+        return to_json(value)
+    if {*map(type, value), *map(type, before)} - {str}:
+        return to_json(value)  # a non-text key: the general path
+    converted = {}
+    for key, item in value.items():
+        old = before.get(key, _ABSENT)
+        if old is item and key in before_json:
+            converted[key] = before_json[key]
+        elif type(item) is dict and type(old) is dict:
+            converted[key] = _json_sharing(item, old, before_json.get(key))
+        else:
+            converted[key] = to_json(item)
+    return converted
+
+
+_ABSENT = object()
+
+
 class InflightJournal:
     """The before-states of the batch being written, made durable before its writes.
 
@@ -91,17 +119,25 @@ class InflightJournal:
     their guards fail, the re-read finds them in their after-state, and they count
     as ``migrated``, exactly as in an uninterrupted run. The file sits next to the
     log (``<log>.inflight``) and is removed when the transform finishes.
+
+    Format: a magic line, one BSON document ``{after: <_id>}``, then the documents
+    exactly as the server sent them (no re-encoding: writing it costs a copy of
+    the bytes, not a conversion). Journals in the earlier extended-JSON format
+    are still read.
     """
+
+    MAGIC = b"migration-inflight-bson-1\n"
 
     def __init__(self, log_path: Path) -> None:
         self.path = log_path.with_name(log_path.name + ".inflight")
 
-    def save(self, after_id: Any, docs: list[dict[str, Any]]) -> None:
-        """Record ``docs`` as the batch that follows ``after_id`` (None: the first)."""
-        payload = json_util.dumps({"after": after_id, "docs": docs}, json_options=CANONICAL_JSON_OPTIONS)
+    def save(self, after_id: Any, raw_docs: list[bytes]) -> None:
+        """Record ``raw_docs`` (BSON) as the batch that follows ``after_id`` (None: the first)."""
         partial = self.path.with_name(self.path.name + ".tmp")
-        with open(partial, "w", encoding="utf-8") as handle:
-            handle.write(payload)
+        with open(partial, "wb") as handle:
+            handle.write(self.MAGIC)
+            handle.write(bson.encode({"after": after_id}))
+            handle.write(b"".join(raw_docs))
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(partial, self.path)
@@ -111,16 +147,38 @@ class InflightJournal:
         finally:
             os.close(directory)
 
-    def load(self, after_id: Any) -> dict[str, dict[str, Any]]:
-        """Before-states by ``_id`` key, if the journal is of the batch after ``after_id``."""
+    def load(self, after_id: Any, codec_options: CodecOptions[Any] | None = None) -> dict[str, bytes]:
+        """Raw before-states by ``_id`` key, if the journal is of the batch after ``after_id``."""
         try:
-            text = self.path.read_text(encoding="utf-8")
+            data = self.path.read_bytes()
         except FileNotFoundError:
             return {}
-        data = json_util.loads(text, json_options=CANONICAL_JSON_OPTIONS)
-        if id_key(data.get("after")) != id_key(after_id):
+        options = codec_options or DEFAULT_CODEC_OPTIONS
+        if data.startswith(self.MAGIC):
+            body = memoryview(data)[len(self.MAGIC) :]
+            header_length = int.from_bytes(body[:4], "little")
+            after = bson.decode(body[:header_length], options).get("after")
+            raws = split_raw(bytes(body[header_length:]))
+        else:
+            legacy = json_util.loads(data.decode("utf-8"), json_options=CANONICAL_JSON_OPTIONS)
+            after = legacy.get("after")
+            raws = [bson.encode(doc) for doc in legacy.get("docs", [])]
+        if id_key(after) != id_key(after_id):
             return {}  # a batch whose progress was recorded: nothing in flight
-        return {id_key(doc["_id"]): doc for doc in data.get("docs", [])}
+        return {id_key(bson.decode(raw, options)["_id"]): raw for raw in raws}
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def split_raw(data: bytes) -> list[bytes]:
+    """The documents of concatenated BSON (a raw batch, a journal body)."""
+    docs = []
+    position, end = 0, len(data)
+    while position < end:
+        length = int.from_bytes(data[position : position + 4], "little")
+        if length < 5 or position + length > end:
+            raise ValueError(f"truncated BSON at byte {position}")
+        docs.append(data[position : position + length])
+        position += length
+    return docs

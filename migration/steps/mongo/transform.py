@@ -8,83 +8,36 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 from pymongo.collection import Collection
-from pymongo.cursor import Cursor
 from pymongo.database import Database
-from pymongo.errors import CursorNotFound, PyMongoError
+from pymongo.errors import PyMongoError
 
 from migration.errors import InvalidDocument, StepError
 from migration.steps.base import Step, StepContext, StepParams
 from migration.steps.callables import check_spec, load_callable
 from migration.steps.mongo.common import connect, detect_server
-from migration.steps.mongo.documents import (
-    MISSING,
-    after_id,
-    decode_id,
-    encode_id,
-    get_path,
-    id_key,
-    show_id,
-    to_json,
-)
-from migration.steps.mongo.guarded_writes import GuardedWriter, Outcome, Planned, Planner
+from migration.steps.mongo.documents import MISSING, decode_id, encode_id, get_path, show_id, to_json
+from migration.steps.mongo.guarded_writes import GuardedWriter, Planned, Planner
 from migration.steps.mongo.operations import Operation, OperationsProgram, describe
+from migration.steps.mongo.partitions import (
+    PartitionRecord,
+    Unsplittable,
+    boundaries,
+    new_records,
+    remove_parts,
+)
 from migration.steps.mongo.query_filters import check_filter, check_filter_on_server
-from migration.steps.mongo.record_log import InflightJournal, RecordLog, new_path
+from migration.steps.mongo.record_log import new_path
+from migration.steps.mongo.transform_batches import (
+    COUNTERS,
+    BatchLoop,
+    Position,
+    resume_query,
+    zero_counters,
+)
+from migration.steps.mongo.transform_workers import PartitionedRun, WorkerSpec
 from migration.steps.registry import register
 
 __all__ = ["InvalidDocument", "MongoTransform"]
-
-COUNTERS = ("total", "migrated", "skipped", "invalid", "errors", "conflicts")
-COUNTER_OF_STATUS = {
-    "migrated": "migrated",
-    "skipped": "skipped",
-    "invalid": "invalid",
-    "error": "errors",
-    "conflict": "conflicts",
-}
-
-
-def _query(base: dict[str, Any], last_id: Any) -> dict[str, Any]:
-    if last_id is None:
-        return base
-    return {"$and": [base, after_id(last_id)]} if base else after_id(last_id)
-
-
-class _Reader:
-    """Documents through ONE cursor sorted by ``_id``, taken a batch at a time.
-
-    Not re-queried per batch: FerretDB never pushes a range filter down, so a
-    ``$gt`` query per batch would scan the collection each time (quadratic). The
-    cursor is reopened after the last document read only if the server drops it.
-    """
-
-    def __init__(self, collection: Collection[Any], base: dict[str, Any], last_id: Any, size: int):
-        self.collection = collection
-        self.base = base
-        self.last_id = last_id
-        self.size = size
-        self.cursor = self._open()
-
-    def _open(self) -> Cursor[Any]:
-        query = _query(self.base, self.last_id)
-        return self.collection.find(query, sort=[("_id", 1)], batch_size=self.size)
-
-    def take(self) -> list[dict[str, Any]]:
-        batch: list[dict[str, Any]] = []
-        while len(batch) < self.size:
-            try:
-                doc = next(self.cursor)
-            except StopIteration:
-                break
-            except CursorNotFound:
-                self.cursor = self._open()
-                continue
-            batch.append(doc)
-            self.last_id = doc["_id"]
-        return batch
-
-    def close(self) -> None:
-        self.cursor.close()
 
 
 @register
@@ -112,6 +65,20 @@ class MongoTransform(Step["MongoTransform.Params"]):
     fails the step. ``batch_size`` 500 keeps the per-batch fsyncs (log, progress)
     negligible while a crash re-applies at most 500 updates. Dry run: counts the
     matches and shows ``sample`` before/after diffs, writing nothing.
+
+    ``workers: N`` (default 1) cuts the matching documents into N ``_id`` ranges
+    (``$bucketAuto`` where the server has it, else a scan of the ``_id`` values)
+    transformed by N worker processes, each with its own guarded batches; the
+    progress of every range is recorded after each of its batches, so a re-run
+    after a crash, a SIGKILL included, resumes each range after its last
+    committed batch. The ranges' logs are then joined, in ``_id`` order, into the
+    one ``log``: outputs and log are those of a one-worker run. ``max_errors``
+    counts the errors of all ranges (checked after each batch: other ranges may
+    have gone a batch further when it fails). Collections whose ``_id`` values
+    are not all numbers, strings, ObjectIds or dates run with one worker. On
+    FerretDB 1.x the workers together send no more updates at once than one
+    transform does (20: fewer per command each) and every range query reads the
+    whole collection there, so workers help on servers that index ``_id`` ranges.
 
     Outputs: ``total``, ``migrated``, ``skipped``, ``invalid``, ``errors``,
     ``conflicts``, ``log`` (path of the per-record log).
@@ -156,6 +123,9 @@ class MongoTransform(Step["MongoTransform.Params"]):
         max_errors: int = Field(default=0, ge=0, description="fail when errors exceed this")
         sample: int = Field(default=5, ge=0, le=1000, description="diffs shown by a dry run")
         log_dir: str = Field(default="backups", description="folder of migration-log-<ts>.json")
+        workers: int = Field(
+            default=1, ge=1, le=64, description="worker processes, each transforming an _id range"
+        )
 
         @field_validator("function")
         @classmethod
@@ -229,13 +199,13 @@ class _Run:
             raise StepError(f"collection {name!r} does not exist in database {self.db.name!r}")
         return self.db[name]
 
-    def _resume(self) -> tuple[Any, dict[str, int], Path | None, int | None]:
+    def _resume(self) -> Position:
         saved = self.ctx.resume or {}
         if "counters" not in saved:
-            return None, dict.fromkeys(COUNTERS, 0), None, None
+            return Position(None)
         if saved.get("collection") not in (None, self.params.collection):
             self.ctx.log.warning("progress saved for another collection ignored", saved=saved)
-            return None, dict.fromkeys(COUNTERS, 0), None, None
+            return Position(None)
         last = None if saved.get("last_id") is None else decode_id(saved["last_id"])
         counters = {k: int(saved["counters"].get(k, 0)) for k in COUNTERS}
         log = Path(saved["log"]) if saved.get("log") else None
@@ -243,133 +213,129 @@ class _Run:
         if log is not None and not log.exists() and offset:
             self.ctx.log.warning("the log of the interrupted attempt is gone; starting a new one")
             log = None
-        return last, counters, log, offset if log is not None else None
+        return Position(last, counters, log, offset if log is not None else 0)
 
     def execute(self) -> dict[str, Any]:
-        ctx, params = self.ctx, self.params
-        last_id, counters, log_path, offset = self._resume()
         server = detect_server(self.db.client)
         if server.statements_per_command:
-            ctx.log.info(
+            self.ctx.log.info(
                 "FerretDB 1.x workaround: update commands capped",
                 server=server.name,
                 statements_per_command=server.statements_per_command,
             )
-        writer = GuardedWriter(self.collection, server.ferretdb1, ctx.redact, ctx.check_stop)
-        if log_path is None:
-            log_path = new_path(ctx.path(params.log_dir), "migration-log")
+        ferretdb = server.ferretdb1
+        saved = self.ctx.resume or {}
+        ours = saved.get("collection") in (None, self.params.collection)
+        if ours and saved.get("partitions"):
+            resumed = self._partitioned(saved, ferretdb)
+            assert resumed is not None
+            return resumed
+        if not (ours and "counters" in saved) and self.params.workers > 1:
+            outputs = self._partitioned(None, ferretdb)
+            if outputs is not None:
+                return outputs
+        return self._single(ferretdb)
+
+    def _single(self, ferretdb: bool) -> dict[str, Any]:
+        ctx, params = self.ctx, self.params
+        start = self._resume()
+        writer = GuardedWriter(self.collection, ferretdb, ctx.redact, ctx.check_stop)
+        if start.log is None:
+            start.log = new_path(ctx.path(params.log_dir), "migration-log")
             # Names the log (and its in-flight journal) for a crash in the first
             # batch; recorded before the file exists, so a crash leaves no orphan.
-            self._progress(last_id, counters, log_path, 0)
-        log = RecordLog(log_path, offset)
-        remaining = self.collection.count_documents(_query(params.filter, last_id))
+            self._progress(start)
+        remaining = self.collection.count_documents(resume_query(params.filter, start.last_id))
+        resumed = start.last_id is not None or start.counters["total"]
         ctx.log.info(
-            "transform resumed" if last_id is not None or counters["total"] else "transform started",
+            "transform resumed" if resumed else "transform started",
             collection=params.collection,
             documents=remaining,
-            after_id=None if last_id is None else show_id(last_id),
-            log=str(log_path),
+            after_id=None if start.last_id is None else show_id(start.last_id),
+            log=str(start.log),
         )
-        journal = InflightJournal(log_path)
-        replay = journal.load(last_id)
-        reader = _Reader(self.collection, params.filter, last_id, params.batch_size)
-        try:
-            with ctx.progress_bar(f"transform {params.collection}", remaining) as bar:
-                batch = reader.take()
-                while batch:
-                    ctx.check_stop()
-                    if replay:
-                        batch = [replay.pop(id_key(doc["_id"]), doc) for doc in batch]
-                    planned, breach = self._plan(batch, counters)
-                    to_write = [p.before for p in planned if p.status == "write"]
-                    if to_write:
-                        journal.save(last_id, to_write)
-                    outcomes = writer.write(planned)
-                    for outcome in outcomes:
-                        self._record(log, outcome, counters)
-                    offset = log.commit()
-                    bar.advance(len(planned))
-                    if breach is not None:
-                        self._fail(log, breach, planned, last_id, counters, offset)
-                    if counters["errors"] > params.max_errors:
-                        # Refused by the server: no progress for this batch, so a re-run
-                        # replays it from the journal and retries what failed.
-                        last = [o for o in outcomes if o.status == "error"][-1]
-                        self._too_many_errors(last.planned, last.reason, counters, log.path)
-                    last_id = batch[-1]["_id"]
-                    # Read the next batch before recording progress: whatever happens
-                    # to a document after it was read is then caught by its guard.
-                    upcoming = reader.take()
-                    self._progress(last_id, counters, log_path, offset)
-                    batch = upcoming
-            journal.remove()
-        finally:
-            reader.close()
-            log.close()
-        ctx.log.info("transform finished", collection=params.collection, log=str(log_path), **counters)
-        return {**counters, "log": str(log_path)}
+        with ctx.progress_bar(f"transform {params.collection}", remaining) as bar:
+            loop = BatchLoop(
+                self.collection,
+                self.planner,
+                writer,
+                base=params.filter,
+                batch_size=params.batch_size,
+                max_errors=params.max_errors,
+                record=self._progress,
+                check_stop=ctx.check_stop,
+                log=ctx.log,
+                advance=bar.advance,
+            )
+            end = loop.run(start)
+        counters, log_path = end.counters, str(end.log)
+        ctx.log.info("transform finished", collection=params.collection, log=log_path, **counters)
+        return {**counters, "log": log_path}
 
-    def _plan(
-        self, batch: list[dict[str, Any]], counters: dict[str, int]
-    ) -> tuple[list[Planned], Planned | None]:
-        """Plan a batch; stop at the document whose error exceeds ``max_errors``."""
-        planned: list[Planned] = []
-        errors = counters["errors"]
-        for doc in batch:
-            item = self.planner.plan(doc)
-            if item.status == "error":
-                errors += 1
-                if errors > self.params.max_errors:
-                    return planned, item
-            planned.append(item)
-        return planned, None
+    def _partitioned(self, saved: dict[str, Any] | None, ferretdb: bool) -> dict[str, Any] | None:
+        """The ``workers`` run (see ``transform_workers``); None: one worker after all."""
+        ctx, params = self.ctx, self.params
+        if saved is not None:
+            log, records = Path(saved["log"]), list(saved["partitions"])
+        else:
+            try:
+                cuts = boundaries(self.collection, params.filter, params.workers, not ferretdb)
+            except Unsplittable as exc:
+                ctx.log.warning("transform with one worker: _id ranges cannot be cut", reason=str(exc))
+                return None
+            if not cuts:
+                return None  # too few documents to split
+            log = new_path(ctx.path(params.log_dir), "migration-log")
+            records = new_records(cuts, log, zero_counters())
 
-    def _record(self, log: RecordLog, outcome: Outcome, counters: dict[str, int]) -> None:
-        p = outcome.planned
-        after = p.after if outcome.status in ("migrated", "conflict") else None
-        log.write(p.doc_id, outcome.status, outcome.reason, p.before, after, outcome.current)
-        counters["total"] += 1
-        counters[COUNTER_OF_STATUS[outcome.status]] += 1
-        if outcome.status in ("error", "conflict"):
-            self.ctx.log.warning(outcome.status, id=show_id(p.doc_id), reason=outcome.reason)
-        elif outcome.status == "invalid":
-            self.ctx.log.info("invalid document", id=show_id(p.doc_id), reason=outcome.reason)
+        def save(current: list[PartitionRecord], merged: bool = False) -> None:
+            copies = [PartitionRecord(**{**r, "counters": dict(r["counters"])}) for r in current]
+            totals = {k: sum(r["counters"][k] for r in copies) for k in COUNTERS}
+            fields = {"log": str(log), "partitions": copies, "counters": totals, "merged": merged}
+            ctx.progress(collection=params.collection, **fields)
 
-    def _progress(self, last_id: Any, counters: dict[str, int], log: Path, offset: int) -> None:
-        self.ctx.progress(
-            last_id=None if last_id is None else encode_id(last_id),
-            counters=dict(counters),
+        if saved is None:
+            save(records)
+        elif saved.get("merged"):
+            remove_parts(records)  # a crash came after the merge: only the outputs are left to give
+            return {**saved["counters"], "log": str(log)}
+        done = sum(int(r["counters"].get("total", 0)) for r in records)
+        remaining = max(0, self.collection.count_documents(params.filter) - done)
+        ctx.log.info(
+            "transform resumed" if saved is not None else "transform started",
+            collection=params.collection,
+            documents=remaining,
+            workers=params.workers,
+            partitions=len(records),
             log=str(log),
-            log_offset=offset,
-            collection=self.params.collection,
         )
+        spec = WorkerSpec(
+            uri=params.uri,
+            collection=params.collection,
+            function=params.function,
+            operations=None if params.operations is None else [o.model_dump() for o in params.operations],
+            filter=params.filter,
+            batch_size=params.batch_size,
+            max_errors=params.max_errors,
+            workdir=ctx.workdir,
+            env=dict(ctx.env),
+            redact=ctx.redact,
+            ferretdb=ferretdb,
+            workers=params.workers,
+        )
+        with ctx.progress_bar(f"transform {params.collection}", remaining) as bar:
+            run = PartitionedRun(spec, records, log, save, ctx.check_stop, ctx.log, bar.advance)
+            outputs = run.execute()
+        ctx.log.info("transform finished", collection=params.collection, **outputs)
+        return outputs
 
-    def _fail(
-        self,
-        log: RecordLog,
-        breach: Planned,
-        planned: list[Planned],
-        last_id: Any,
-        counters: dict[str, int],
-        offset: int,
-    ) -> None:
-        """Record progress up to the failing document (a re-run retries it), then fail."""
-        if planned:
-            last_id = planned[-1].doc_id
-        self._progress(last_id, counters, log.path, offset)
-        outputs = {**counters, "total": counters["total"] + 1, "errors": counters["errors"] + 1}
-        log.write(breach.doc_id, "error", breach.reason, breach.before, None)
-        log.commit()
-        self.ctx.log.warning("error", id=show_id(breach.doc_id), reason=breach.reason)
-        self._too_many_errors(breach, breach.reason, outputs, log.path)
-
-    def _too_many_errors(
-        self, last: Planned, reason: str | None, counters: dict[str, int], log: Path
-    ) -> None:
-        raise StepError(
-            f"too many errors ({counters['errors']}, max_errors {self.params.max_errors}); last: "
-            f"_id {show_id(last.doc_id)}: {reason} (every record is in {log})",
-            outputs={**counters, "log": str(log)},
+    def _progress(self, position: Position) -> None:
+        self.ctx.progress(
+            last_id=None if position.last_id is None else encode_id(position.last_id),
+            counters=dict(position.counters),
+            log=str(position.log),
+            log_offset=position.log_offset,
+            collection=self.params.collection,
         )
 
     def preview(self) -> str:
@@ -378,15 +344,16 @@ class _Run:
         saved = self.ctx.resume or {}
         if saved.get("last_id") is not None and saved.get("collection") in (None, params.collection):
             resumed_after = decode_id(saved["last_id"])
-        query = _query(params.filter, resumed_after)
+        query = resume_query(params.filter, resumed_after)
         count = self.collection.count_documents(query)
         mode = params.function or describe(params.operations or [])
         lines = [
             f"would transform {count} documents of {self.db.name}.{params.collection}"
             + (f" matching {to_json(params.filter)}" if params.filter else "")
             + (f" after _id {show_id(resumed_after)} (resuming)" if resumed_after is not None else "")
-            + f" with {mode}, in batches of {params.batch_size}, guarded updates;"
-            f" log to {self.ctx.path(params.log_dir)}/migration-log-<timestamp>.json",
+            + f" with {mode}, in batches of {params.batch_size}, guarded updates"
+            + (f", by {params.workers} workers over _id ranges;" if params.workers > 1 else ";")
+            + f" log to {self.ctx.path(params.log_dir)}/migration-log-<timestamp>.json",
         ]
         if count == 0 or params.sample == 0:
             return "\n".join(lines)
