@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
+import structlog
 
 from migration import commands, report, stores
 from migration.errors import MigrationError
@@ -183,10 +184,16 @@ def run(
     if dry_run:
         text, code = commands.dry_run(request)
         click.echo(text, nl=False)
+        if code:  # the problems end the preview on stdout; say so where errors go
+            structlog.get_logger("migration").error(
+                "dry run: the run would fail; the problems end the preview", exit=code
+            )
         sys.exit(code)
     state = commands.run(request)
     if fmt == "console":
         _print_summary(state)
+    else:  # a pipe or a log collector: one JSON line that a person can read too
+        structlog.get_logger("migration").info(report.summary_line(state), status=state["status"])
 
 
 @main.command()
@@ -219,6 +226,8 @@ def resume(
     state = commands.run(request)
     if fmt == "console":
         _print_summary(state)
+    else:  # a pipe or a log collector: one JSON line that a person can read too
+        structlog.get_logger("migration").info(report.summary_line(state), status=state["status"])
 
 
 @main.command()

@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 import yaml
 
-from migration import report, stores
+from migration import report, report_html, resume_vars, stores
 from migration.context import PLACEHOLDER_RUN_ID, RunInputs, TemplateContext, check_vars, prepare, run_context
 from migration.errors import (
     MigrationError,
@@ -92,7 +92,7 @@ def dry_run(request: RunRequest) -> tuple[str, int]:
     context = run_context(inputs, PLACEHOLDER_RUN_ID, now_iso(), redactor())
     previewer = Previewer(inputs.loaded, context, request.workdir, redactor(), request.assume_yes)
     text = previewer.render()
-    return text, 1 if previewer.problems else 0
+    return text, previewer.exit_code  # 2: the plan is wrong; 1: a failure is predicted
 
 
 def run(request: RunRequest) -> RunDoc:
@@ -135,6 +135,7 @@ def run(request: RunRequest) -> RunDoc:
             reconcile(current, loaded)
             note_holder(current)
             state = current
+            resume_vars.carry_over(state, inputs, redactor())  # the first run's --var values
             # vars are rendered again on resume: they are not stored (they may hold env values)
             context = run_context(inputs, state["run_id"], state["started_at"], redactor())
             log.info("resuming", run_id=state["run_id"], status=state["status"])
@@ -148,6 +149,7 @@ def run(request: RunRequest) -> RunDoc:
             state["target"] = target
             state["operator"] = operator_name()
             note_holder(state)
+            state["var_values"] = resume_vars.stored(inputs, context, redactor())
             store.save(state)
             store.set_current(state["run_id"])
             log.info("new run", run_id=state["run_id"], plan=loaded.plan.name)
@@ -382,7 +384,7 @@ def make_report(plan: str, fmt: str, run_id: str | None, choice: StoreChoice) ->
         store.close()
     if state is None:
         raise UsageError(f"plan {name} has no runs in {choice.where}")
-    return report.html_report(state) if fmt == "html" else report.markdown(state)
+    return report_html.render(state) if fmt == "html" else report.markdown(state)
 
 
 def history(choice: StoreChoice, plan: str | None = None) -> list[dict[str, Any]]:

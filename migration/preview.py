@@ -4,11 +4,21 @@ Each step's parameters are rendered (outputs of earlier steps appear as
 ``<steps.x.outputs.y>`` placeholders) and its step type's own ``preview`` runs:
 it may read the live database, never write. Nothing is written under the state
 directory.
+
+A dry run never says "ok" when it can tell the run would fail. Each problem is
+a :class:`Problem`: *static* when the plan itself is wrong (a template that does
+not render, parameters that do not validate, a ``function`` that does not
+exist: exit 2), *predicted* when the live preview foresees a failure (a step's
+preview says so through :class:`~migration.steps.base.Preview`, a preview that
+cannot even read, a checkpoint that can already be judged and fails: exit 1).
+Checkpoints whose inputs are known (vars, outputs a preview computed exactly,
+such as ``mongo.preflight``'s) are evaluated and shown as would pass / would fail.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +26,35 @@ from pydantic import ValidationError
 
 from migration.context import TemplateContext, render_with
 from migration.errors import MigrationError
+from migration.function_check import function_specs, missing_function
 from migration.plan import templates
 from migration.plan.loader import LoadedPlan
-from migration.plan.model import StepSpec
+from migration.plan.model import Checkpoint, StepSpec
 from migration.secrets import Redactor
 from migration.state.document import Status
-from migration.steps.base import StepContext
+from migration.steps.base import Preview, StepContext
 from migration.steps.registry import get_step_type
+
+# The exit codes of a dry run that predicts a failure (docs/design.md, "Dry run").
+EXIT_STATIC = 2
+EXIT_PREDICTED = 1
 
 
 def _fmt(value: Any) -> str:
     return json.dumps(value, default=str, ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something that makes the run fail: ``static`` when the plan is wrong (exit 2),
+    else predicted by the live preview (exit 1)."""
+
+    where: str
+    text: str
+    static: bool
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.text}"
 
 
 class Previewer:
@@ -43,8 +71,9 @@ class Previewer:
         self.workdir = workdir
         self.redact = redact
         self.assume_yes = assume_yes
-        self.problems: list[str] = []
+        self.problems: list[Problem] = []
         self.lines: list[str] = []
+        self.known: set[str] = set()  # steps whose outputs a preview computed
         everything = [
             *loaded.plan.all_steps(),
             *(s for p in loaded.plan.phases for s in p.rollback),
@@ -60,7 +89,7 @@ class Previewer:
         for line in self.redact.text(text).splitlines() or [""]:
             self.lines.append(pad + line)
 
-    def step(self, spec: StepSpec, indent: int) -> None:
+    def step(self, spec: StepSpec, indent: int, main: bool = False) -> None:
         self.out(f"- step {spec.id} ({spec.uses})", indent)
         extras = []
         if spec.when:
@@ -79,7 +108,7 @@ class Previewer:
         try:
             rendered = render_with(step_type, spec.with_, ctx_dict)
         except templates.TemplateError as exc:
-            self.problems.append(f"{spec.id}: {exc}")
+            self.problems.append(Problem(spec.id, str(exc), static=True))
             self.out(f"with: cannot render: {exc}", indent + 2)
             return
         self.redact.learn(rendered)
@@ -96,8 +125,17 @@ class Previewer:
             if "<steps." in _fmt(rendered):
                 self.out("preview: depends on outputs of earlier steps; shown at run time", indent + 2)
             else:
-                self.problems.append(f"{spec.id}: parameters do not validate after rendering")
+                self.problems.append(Problem(spec.id, "parameters do not validate after rendering", True))
                 self.out("preview: parameters do not validate after rendering", indent + 2)
+            return
+        missing = [
+            Problem(spec.id, f"with.{where}: {function}: {why}", static=True)
+            for where, function in function_specs(rendered)
+            if (why := missing_function(function, self.workdir, self.context.env)) is not None
+        ]
+        if missing:
+            self.problems.extend(missing)
+            self.out("preview: not run: " + "; ".join(p.text for p in missing), indent + 2)
             return
         ctx = StepContext(
             step_id=spec.id,
@@ -110,15 +148,44 @@ class Previewer:
             env=dict(self.context.env),
         )
         try:
-            text = step_type().preview(ctx)
+            preview = Preview.of(step_type().preview(ctx))
         except MigrationError as exc:
-            self.problems.append(f"{spec.id}: {exc}")
-            text = f"PROBLEM: {exc}"
+            self.problems.append(Problem(spec.id, str(exc), static=False))
+            preview = Preview(f"PROBLEM: {exc}")
         except Exception as exc:  # a step's preview must not crash the dry run
-            self.problems.append(f"{spec.id}: {type(exc).__name__}: {exc}")
-            text = f"PROBLEM: {type(exc).__name__}: {exc}"
+            self.problems.append(Problem(spec.id, f"{type(exc).__name__}: {exc}", static=False))
+            preview = Preview(f"PROBLEM: {type(exc).__name__}: {exc}")
         self.out("preview:", indent + 2)
-        self.out(str(text), indent + 3)
+        self.out(str(preview), indent + 3)
+        for problem in preview.problems:
+            self.problems.append(Problem(spec.id, problem, static=False))
+            self.out(f"PREDICTED FAILURE: {problem}", indent + 3)
+        if preview.outputs is not None and not preview.problems and main:
+            # Known now, exactly as the run would record them: later checkpoints use them.
+            self.context.steps[spec.id] = {"outputs": preview.outputs, "status": Status.SUCCEEDED}
+            self.known.add(spec.id)
+
+    def checkpoint(self, phase_id: str, cp: Checkpoint, indent: int) -> None:
+        """One condition: judged now when its inputs are known, else at run time."""
+        line = f"- {cp.that}" + (f"   # {cp.message}" if cp.message else "")
+        try:
+            needs = templates.references(templates.parse_expression(cp.that)).steps - self.known
+        except templates.TemplateError:
+            needs = {"?"}
+        if needs:
+            self.out(f"{line}   -> judged at run time (needs steps {', '.join(sorted(needs))})", indent)
+            return
+        try:
+            value = templates.evaluate(cp.that, self.context.as_dict())
+            holds = templates.truthy(value)
+            shown = _fmt(value) if not isinstance(value, bool) else ""
+        except templates.TemplateError as exc:
+            holds, shown = False, f"error: {exc}"
+        verdict = "would pass" if holds else "WOULD FAIL"
+        self.out(f"{line}   -> {verdict}" + (f" ({shown})" if shown else ""), indent)
+        if not holds:
+            why = cp.message or cp.that
+            self.problems.append(Problem(f"checkpoint of phase {phase_id}", f"would fail: {why}", False))
 
     def render(self) -> str:
         plan = self.loaded.plan
@@ -138,7 +205,7 @@ class Previewer:
                 + (f" - {phase.description}" if phase.description else "")
             )
             for spec in phase.steps:
-                self.step(spec, 1)
+                self.step(spec, 1, main=True)
             if phase.checkpoint:
                 self.out(
                     "checkpoint (all must hold, else "
@@ -147,7 +214,7 @@ class Previewer:
                     1,
                 )
                 for cp in phase.checkpoint:
-                    self.out(f"- {cp.that}" + (f"   # {cp.message}" if cp.message else ""), 2)
+                    self.checkpoint(phase.id, cp, 2)
         self.out("")
         self.out("rollback path (on a failed step or checkpoint, with on_failure: rollback):")
         phase_rb = [p for p in plan.phases if p.rollback]
@@ -167,10 +234,30 @@ class Previewer:
         else:
             self.out(f"then the rollback handler {plan.rollback.handler} with {_fmt(plan.rollback.with_)}", 1)
         self.out("")
-        if self.problems:
-            self.out(f"dry run found {len(self.problems)} problem(s):")
-            for p in self.problems:
-                self.out(f"- {p}", 1)
-        else:
-            self.out("dry run: ok")
+        self.summary()
         return "\n".join(self.lines) + "\n"
+
+    @property
+    def exit_code(self) -> int:
+        """0 when nothing predicts a failure; 2 when the plan is wrong; 1 when the data is."""
+        if any(p.static for p in self.problems):
+            return EXIT_STATIC
+        return EXIT_PREDICTED if self.problems else 0
+
+    def summary(self) -> None:
+        if not self.problems:
+            self.out("dry run: ok")
+            return
+        self.out(f"dry run found {len(self.problems)} problem(s); the run would fail:")
+        static = [p for p in self.problems if p.static]
+        predicted = [p for p in self.problems if not p.static]
+        if static:
+            self.out("in the plan (fix it before running):", 1)
+            for p in static:
+                self.out(f"- {p}", 2)
+        if predicted:
+            self.out("predicted from the live data:", 1)
+            for p in predicted:
+                self.out(f"- {p}", 2)
+        kind = "the plan is wrong" if static else "the preview predicts a failure"
+        self.out(f"dry run: FAILED (exit {self.exit_code}: {kind})")

@@ -24,6 +24,7 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
+from migration import attempts
 from migration.checkpoints import evaluate_checkpoint
 from migration.context import TemplateContext, render_with
 from migration.errors import Interrupted, MigrationError, StepError
@@ -228,6 +229,7 @@ class Runner:
                 if st["status"] == S.RUNNING:
                     self._move_step(st, "interrupt")
                     st["error"] = reason
+                    attempts.end(st, S.INTERRUPTED, reason, now_iso())
             self.run.fire("interrupt")
             self.state["status"] = S.INTERRUPTED
             self.store.save(self.state)
@@ -346,6 +348,7 @@ class Runner:
         st, phase_id = entry.doc, entry.phase
         spec = entry.spec
         assert spec is not None
+        attempts.close_dead(st)  # an attempt a killed process left open
         ctx_dict = self.context.as_dict()
         if spec.when is not None:
             try:
@@ -392,6 +395,7 @@ class Runner:
             self._move_step(st, "start")
             st["attempts"] = st.get("attempts", 0) + 1
             st["started_at"] = now_iso()
+            attempts.begin(st)
             st["error"] = None
             st["host"] = self.host
             self.persist(st)
@@ -440,6 +444,7 @@ class Runner:
             st["finished_at"] = now_iso()
             if error is None:
                 self._move_step(st, "succeed")
+                attempts.end(st, S.SUCCEEDED)
                 st.pop("progress", None)
                 self.persist(st, durable=False)
                 self.event(
@@ -453,6 +458,7 @@ class Runner:
                 tries_left -= 1
                 self._move_step(st, "retry")
                 st["error"] = error
+                attempts.end(st, S.FAILED, error)
                 self.persist(st)
                 self.event("step", step=spec.id, dest="retry", error=error, attempt=st["attempts"])
                 log.warning("step failed; retrying", step=spec.id, error=error, in_s=delay)
@@ -466,6 +472,7 @@ class Runner:
         self._move_step(st, "fail")
         st["error"] = self.redact.text(error)
         st["finished_at"] = now_iso()
+        attempts.end(st, S.FAILED, st["error"])
         self.persist()
         self.event("step", step=spec.id, dest=S.FAILED, error=st["error"])
         log.error("step failed", step=spec.id, error=st["error"])

@@ -25,4 +25,13 @@ if [ "$backend" = postgresql ] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/nu
     sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
   fi
 fi
+# Chromium renders the HTML run report in a test (tests/test_report_browser.py).
+if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
+  echo "bootstrap: installing Chromium (the HTML report's browser test)" >&2
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  fi || echo "bootstrap: Chromium could not be installed; the browser test will skip saying so" >&2
+fi
 .venv/bin/python scripts/testdb.py install >/dev/null

@@ -61,6 +61,17 @@ LIVE: frozenset[str] = frozenset({S.PENDING, S.RUNNING, S.ROLLING_BACK})
 ENDED: frozenset[str] = frozenset({S.SUCCEEDED, S.ROLLED_BACK, S.ROLLBACK_FAILED, S.FAILED, S.ABANDONED})
 
 
+class AttemptDoc(TypedDict, total=False):
+    """One attempt of a step (see :mod:`migration.attempts`); ``status`` is ``running``
+    while it runs, ``crashed`` when its process died without recording its end."""
+
+    attempt: int
+    started_at: str | None
+    finished_at: str | None
+    status: str
+    error: str | None
+
+
 class StepDoc(TypedDict, total=False):
     """One step (or rollback entry): its status, attempts, outputs and error."""
 
@@ -68,6 +79,8 @@ class StepDoc(TypedDict, total=False):
     uses: Required[str]
     status: Required[str]
     attempts: Required[int]
+    # optional (added later): every attempt, oldest first (see migration.attempts)
+    history: list[AttemptDoc]
     outputs: dict[str, Any]
     error: str | None
     started_at: str | None
@@ -115,6 +128,13 @@ class RollbackDoc(TypedDict, total=False):
     remaining: list[str]
 
 
+class VarValue(TypedDict):
+    """A ``--var`` value as stored: ``masked`` when it held a secret (then not reusable)."""
+
+    value: Any
+    masked: bool
+
+
 class RunError(TypedDict, total=False):
     message: Required[str]
     phase: str | None
@@ -142,6 +162,8 @@ class RunDoc(TypedDict, total=False):
     host: str
     pid: int
     var_overrides: list[str]
+    # optional (added later): the --var values of the first run, secrets masked
+    var_values: dict[str, VarValue]
     error: RunError | None
     needs_operator: bool
     interrupted_from: str | None

@@ -96,6 +96,9 @@ def _step_ok(step: Any) -> bool:
         value = step.get(key)
         if value is not None and type(value) is not dict:
             return False
+    history = step.get("history")
+    if history is not None and not (type(history) is list and all(type(a) is dict for a in history)):
+        return False
     for key in _STEP_TEXTS:
         value = step.get(key)
         if value is not None and type(value) is not str:
@@ -121,6 +124,9 @@ def _check_step(step: Any, where: str) -> None:
     _field(step, "progress", dict, where)
     for key in _STEP_TEXTS:
         _field(step, key, str, where)
+    for j, attempt in enumerate(_field(step, "history", list, where) or ()):
+        if not isinstance(attempt, dict):
+            raise _Shape(f"{where}history[{j}] is {_kind(attempt)}, not an object")
 
 
 def _check_steps(steps: list[Any], where: str) -> None:
@@ -163,6 +169,7 @@ def _check_state(state: Any) -> None:
     _field(state, "needs_operator", bool, "")
     _field(state, "downtime", dict, "")
     _field(state, "plan_changes", list, "")
+    _field(state, "var_values", dict, "")
     if (_field(state, "journal_seq", int, "") or 0) < 0:
         raise _Shape("journal_seq is negative")
     error = _field(state, "error", dict, "")

@@ -226,6 +226,37 @@ class Quoter(StrEnum):
     """As rendered; a lone ``{{ expr }}`` keeps its type (a number stays a number)."""
 
 
+class Preview(str):
+    """A step's dry-run text that also says what it predicts.
+
+    ``problems`` are failures the preview predicts (the dry run then ends non-zero:
+    "200 errors in the first 200 documents, max_errors 0"); ``outputs`` are outputs
+    the preview already knows exactly (read-only facts), so checkpoints over them
+    are judged in the dry run. It is a ``str`` (the text), so everything that
+    reads a preview as text keeps working, and a plugin's plain string preview
+    is a preview with no predictions.
+    """
+
+    problems: list[str]
+    outputs: dict[str, Any] | None
+
+    def __new__(
+        cls, text: str, problems: list[str] | None = None, outputs: dict[str, Any] | None = None
+    ) -> Preview:
+        self = super().__new__(cls, text)
+        self.problems = list(problems or [])
+        self.outputs = outputs
+        return self
+
+    @property
+    def predicts_failure(self) -> bool:
+        return bool(self.problems)
+
+    @classmethod
+    def of(cls, value: object) -> Preview:
+        return value if isinstance(value, Preview) else cls(str(value))
+
+
 class Step(Generic[P]):
     """Base class of step types. Subclasses set ``name``, ``Params`` and ``run``."""
 
@@ -239,7 +270,8 @@ class Step(Generic[P]):
         raise NotImplementedError
 
     def preview(self, ctx: StepContext[P]) -> str:
-        """Describe what ``run`` would do, reading but writing nothing."""
+        """Describe what ``run`` would do, reading but writing nothing (a string, or a
+        :class:`Preview`: a string with the problems it predicts)."""
         return f"would run {self.name}"
 
     @classmethod

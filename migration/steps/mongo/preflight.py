@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import Field
 
 from migration.errors import StepError
-from migration.steps.base import Step, StepContext, StepParams
+from migration.steps.base import Preview, Step, StepContext, StepParams
 from migration.steps.mongo.backup import collection_sizes
 from migration.steps.mongo.common import (
     connect,
@@ -128,4 +128,5 @@ class MongoPreflight(Step["MongoPreflight.Params"]):
             )
         if shortfall:
             lines.append(f"WARNING: {shortfall}")
-        return "\n".join(lines)
+        # The same read-only figures as the run: checkpoints over them are judged now.
+        return Preview("\n".join(lines), problems=[shortfall] if shortfall else [], outputs=outputs)

@@ -11,9 +11,11 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
+from migration import mdtext
 from migration.errors import InvalidDocument, StepError
-from migration.steps.base import Step, StepContext, StepParams
+from migration.steps.base import Preview, Step, StepContext, StepParams
 from migration.steps.callables import check_spec, load_callable
+from migration.steps.mongo import transform_report
 from migration.steps.mongo.common import connect, detect_server
 from migration.steps.mongo.documents import MISSING, decode_id, encode_id, get_path, show_id, to_json
 from migration.steps.mongo.guarded_writes import GuardedWriter, Planned, Planner
@@ -173,7 +175,9 @@ class MongoTransform(Step["MongoTransform.Params"]):
             " | ".join(["", *(str(outputs.get(k, "-")) for k in counters), ""]).strip(),
         ]
         if outputs.get("log"):
-            lines += ["", f"Per-record log: `{outputs['log']}`"]
+            lines += ["", f"Per-record log: {mdtext.code(outputs['log'])}"]
+        # The ids and reasons an operator must look at: the first few, then a count.
+        lines += transform_report.problem_records_section(outputs)
         return [*lines, ""]
 
 
@@ -376,6 +380,9 @@ class _Run:
         for item in samples:
             lines.append(f"  _id {show_id(item.doc_id)}:")
             lines.extend("    " + line for line in _diff_lines(item))
+        if tally["error"] > params.max_errors:  # the run stops there: the dry run must say so
+            why = f"{tally['error']} errors in the first {scanned} documents, max_errors {params.max_errors}"
+            return Preview("\n".join(lines), problems=[f"{why}: the run would fail"])
         return "\n".join(lines)
 
 

@@ -11,8 +11,10 @@ from typing import Any
 from pydantic import Field, field_validator
 from pymongo.errors import PyMongoError
 
+from migration import mdtext
 from migration.errors import StepError
 from migration.steps.base import Step, StepContext, StepParams
+from migration.steps.mongo import validation_report
 from migration.steps.mongo.common import connect, detect_server
 from migration.steps.mongo.record_log import new_path
 from migration.steps.mongo.validation_checks import (
@@ -208,8 +210,10 @@ class MongoValidate(Step["MongoValidate.Params"]):
             counts = details.get("counts") if isinstance(details, dict) else None
             if check.get("type") == "distribution" and isinstance(counts, dict):
                 lines.extend(f"  - {group}: {count}" for group, count in counts.items())
+            lines.extend(validation_report.evidence_lines(check))  # dangling references, offending ids
+        lines.extend(validation_report.sample_lines(outputs.get("checks") or []))
         if outputs.get("report"):
-            lines += ["", f"Validation report: `{outputs['report']}`"]
+            lines += ["", f"Validation report: {mdtext.code(outputs['report'])}"]
         return [*lines, ""]
 
 

@@ -1,0 +1,104 @@
+"""``--var`` values across a resume: the first run's values are kept, each difference said.
+
+A run stores the ``--var`` values it was started with (``RunDoc.var_values``),
+secrets masked: a value the redactor masks (a var named like a secret, a URL
+with a password) is stored masked and cannot be reused, so resuming without it
+is an error naming the var. A resume without a ``--var`` of the first run takes
+the stored value (resuming without ``--var batch=100`` used to switch silently
+to the plan's 500); a resume with a different value, or a new one, uses what the
+operator gave and warns about each difference.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import structlog
+
+from migration.context import RunInputs, TemplateContext, render_with
+from migration.errors import MigrationError, UsageError
+from migration.plan import templates
+from migration.secrets import Redactor
+from migration.state.document import RunDoc, VarValue
+from migration.steps.registry import get_step_type
+
+log = structlog.get_logger("migration")
+
+
+def stored(inputs: RunInputs, context: TemplateContext, redact: Redactor) -> dict[str, VarValue]:
+    """What a new run records of its ``--var`` values.
+
+    A value may turn out to be a secret only where a step uses it (``Authorization:
+    Bearer {{ vars.token }}``), long after the run started: every step's ``with:`` is
+    rendered once first, outputs of steps as placeholders (as in a dry run), so the
+    values the plan shows as secrets anywhere are masked before anything is stored.
+    """
+    probe = _secrets_in_steps(inputs, context)
+    out: dict[str, VarValue] = {}
+    for name, value in sorted(inputs.overrides.items()):
+        shown = probe(redact(value))
+        out[name] = {"value": shown, "masked": shown != value}
+    return out
+
+
+def _secrets_in_steps(inputs: RunInputs, context: TemplateContext) -> Redactor:
+    """A redactor of the secrets the steps' parameters show (kept apart from the run's,
+    whose masks the run's output must not change)."""
+    probe = Redactor()
+    plan = inputs.loaded.plan
+    specs = [*plan.all_steps(), *(s for p in plan.phases for s in p.rollback), *plan.rollback_steps()]
+    steps = {s.id: {"outputs": templates.Placeholder(f"steps.{s.id}.outputs")} for s in specs}
+    values = {**context.as_dict(), "steps": steps}
+    for spec in specs:
+        try:
+            step_type = get_step_type(spec.uses)
+            if step_type is not None:
+                probe.learn(render_with(step_type, spec.with_, values))
+        except (templates.TemplateError, MigrationError):
+            continue  # the run reports it at that step
+    return probe
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value, default=str, ensure_ascii=False)
+
+
+def carry_over(state: RunDoc, inputs: RunInputs, redact: Redactor) -> None:
+    """Fill ``inputs.overrides`` for resuming ``state``: the first run's values where none
+    is given; a warning for each value that differs from the first run's.
+
+    Raises:
+        UsageError: the first run had a secret ``--var`` (stored masked) that is not given again.
+    """
+    run_id = state["run_id"]
+    given = inputs.overrides
+    first = state.get("var_values")
+    if first is None:  # a run started before values were stored: only the names are known
+        for name in sorted(set(state.get("var_overrides") or ()) - set(given)):
+            log.warning(
+                f"run {run_id} was started with --var {name}; its value was not recorded: "
+                f"the plan's value is used unless you give --var {name}=... again"
+            )
+        return
+    secrets_missing = sorted(n for n, v in first.items() if v.get("masked") and n not in given)
+    if secrets_missing:
+        flags = " ".join(f"--var {n}=..." for n in secrets_missing)
+        raise UsageError(
+            f"run {run_id} was started with secret --var {', '.join(secrets_missing)}; secrets are not "
+            f"stored, so give the same value again to resume: {flags}"
+        )
+    for name, entry in sorted(first.items()):
+        if name not in given:
+            given[name] = entry.get("value")
+            log.info(f"resume keeps --var {name}={_show(entry.get('value'))} from the start of run {run_id}")
+        elif redact(given[name]) != entry.get("value"):  # a masked one: compared as masked
+            log.warning(
+                f"--var {name}: run {run_id} started with {_show(entry.get('value'))}, now "
+                f"{_show(redact(given[name]))}; resuming with the new value"
+            )
+    for name in sorted(set(given) - set(first)):
+        log.warning(
+            f"--var {name}: not given when run {run_id} started (the plan's value then); "
+            f"resuming with {_show(given[name])}"
+        )

@@ -1,0 +1,86 @@
+"""A resume keeps the first run's ``--var`` values (secrets must be given again) and warns
+about each one the operator changes: through the CLI, with a real SIGKILL in between."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+from helpers import assert_no_traceback, load_state, migration, write_plan
+
+PLAN = """
+name: vars-demo
+vars:
+  batch: 500
+  api_token: none
+phases:
+  - id: one
+    steps:
+      - {id: first, uses: shell, with: {command: "echo first {{ vars.batch }} >> log.txt", shell: true}}
+      - id: killer
+        uses: shell
+        with: {command: "[ -e killed ] || { touch killed; kill -9 $PPID; }", shell: true}
+  - id: two
+    steps:
+      - {id: second, uses: shell, with: {command: "echo second {{ vars.batch }} >> log.txt", shell: true}}
+"""
+
+SECRET = "s3cret-token-value"
+
+
+def _start(tmp_path: Path, *var_args: str) -> None:
+    write_plan(tmp_path / "plan.yaml", PLAN)
+    first = migration(tmp_path, "run", "plan.yaml", "--state-dir", "state", *var_args)
+    assert first.returncode == -signal.SIGKILL, first.stderr
+
+
+def test_resume_keeps_the_first_runs_vars_and_needs_secrets_again(tmp_path: Path) -> None:
+    _start(tmp_path, "--var", "batch=100", "--var", f"api_token={SECRET}")
+    state_file = next((tmp_path / "state" / "vars-demo").glob("*Z*.json"))
+    assert SECRET not in state_file.read_text()
+    stored = load_state(tmp_path / "state", "vars-demo")["var_values"]
+    assert stored == {
+        "api_token": {"value": "***", "masked": True},
+        "batch": {"value": 100, "masked": False},
+    }
+
+    without_secret = migration(tmp_path, "resume", "plan.yaml", "--state-dir", "state")
+    assert without_secret.returncode == 2
+    assert_no_traceback(without_secret)
+    assert "secret --var api_token" in without_secret.stderr
+    assert "--var api_token=..." in without_secret.stderr
+    assert (tmp_path / "log.txt").read_text().split("\n")[:1] == ["first 100"]
+
+    resumed = migration(
+        tmp_path, "resume", "plan.yaml", "--state-dir", "state", "--var", f"api_token={SECRET}"
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resume keeps --var batch=100 from the start of run" in resumed.stderr
+    assert "--var batch:" not in resumed.stderr  # not a difference: nothing to warn about
+    assert (tmp_path / "log.txt").read_text().splitlines() == ["first 100", "second 100"]
+    assert SECRET not in resumed.stderr
+
+
+def test_resume_warns_about_each_changed_or_new_var_and_uses_it(tmp_path: Path) -> None:
+    _start(tmp_path, "--var", "batch=100")
+    resumed = migration(
+        tmp_path,
+        "run",
+        "plan.yaml",
+        "--state-dir",
+        "state",
+        "--log-format",
+        "console",
+        "--var",
+        "batch=200",
+        "--var",
+        "api_token=abc",
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    err = resumed.stderr
+    assert "--var batch: run " in err and "started with 100, now 200; resuming with the new value" in err
+    assert "--var api_token: not given when run" in err
+    assert (tmp_path / "log.txt").read_text().splitlines() == ["first 100", "second 200"]
+    # The report names the values the run was started with.
+    report = migration(tmp_path, "report", "plan.yaml", "--state-dir", "state")
+    assert "- --var: batch=100" in report.stdout
