@@ -93,7 +93,8 @@ class MongoRestore(Step["MongoRestore.Params"]):
     outputs = {
         "restored": "collection name -> documents",
         "total": "documents restored",
-        "verified": "counts+checksums, counts (a dump without manifest), failed or none",
+        "verified": "counts+checksums, counts (a dump without manifest or verify: counts), failed or none",
+        "verified_by": "collection name -> how it was verified: dbHash, read-back or count",
         "dropped": "collections replaced",
         "left_alone": "collections of the database not in the dump, left as they were",
         "indexes": "collection name -> index names made",
