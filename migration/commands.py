@@ -410,6 +410,8 @@ def list_steps() -> str:
             )
             desc = prop.get("description", "")
             lines.append(f"  {mark} {pname} ({kind})" + (f": {desc}" if desc else ""))
+        declared = cls.declared_outputs()
+        lines.append("  outputs: " + ("not declared" if declared is None else ", ".join(declared) or "none"))
     lines.append("")
     lines.append("* required")
     return "\n".join(lines) + "\n"

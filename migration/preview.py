@@ -130,10 +130,15 @@ class Previewer:
             return
         self.redact.learn(rendered)
         for key, value in rendered.items():
-            self.out(f"{key}: {_fmt(value)}", indent + 2)
+            if key in step_type.previewed_fields:
+                self.out(f"{key}: see the preview below", indent + 2)
+            else:
+                self.out(f"{key}: {_fmt(value)}", indent + 2)
         try:
             params = step_type.Params.model_validate(rendered)
         except ValidationError:
+            for key in step_type.previewed_fields & set(rendered):  # the preview will not show them
+                self.out(f"{key}: {_fmt(rendered[key])}", indent + 2)
             if "<steps." in _fmt(rendered):
                 self.out("preview: depends on outputs of earlier steps; shown at run time", indent + 2)
             else:

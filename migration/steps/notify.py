@@ -46,6 +46,10 @@ class Notify(Step["Notify.Params"]):
     """
 
     name = "notify"
+    outputs = {
+        "status": "HTTP status of the webhook's answer (with url)",
+        "exit_code": "exit code of the command (with command)",
+    }
 
     class Params(StepParams):
         text: str = Field(description="the message")

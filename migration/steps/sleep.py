@@ -23,6 +23,9 @@ class Sleep(Step["Sleep.Params"]):
     """
 
     name = "sleep"
+    outputs = {
+        "seconds": "how long it waited",
+    }
 
     class Params(StepParams):
         seconds: float = Field(ge=0, description="how long to wait")

@@ -116,6 +116,17 @@ class MongoBackup(Step["MongoBackup.Params"]):
     name = "mongo.backup"
     # The dump stays on the disk of the host that made it (see migration.hosts).
     host_local_outputs: ClassVar[dict[str, str]] = {"path": "file"}
+    outputs = {
+        "path": "the backup folder, holding backup-manifest.json (what mongo.restore takes as from)",
+        "total_records": "documents backed up, all collections",
+        "collections": "collection name -> documents",
+        "bytes": "BSON bytes dumped",
+        "disk_bytes": "bytes of the backup folder on disk",
+        "verified": "the verification done: counts, checksums or restore",
+        "manifest": "path of backup-manifest.json",
+        "database": "database name",
+        "pruned": "older backup folders removed by keep",
+    }
 
     class Params(StepParams):
         uri: str = Field(description="connection string naming the database")

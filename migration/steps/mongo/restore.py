@@ -90,6 +90,17 @@ class MongoRestore(Step["MongoRestore.Params"]):
 
     name = "mongo.restore"
     undo_verb = "restore"
+    outputs = {
+        "restored": "collection name -> documents",
+        "total": "documents restored",
+        "verified": "counts+checksums, counts (a dump without manifest or verify: counts), failed or none",
+        "verified_by": "collection name -> how it was verified: dbHash, read-back or count",
+        "dropped": "collections replaced",
+        "left_alone": "collections of the database not in the dump, left as they were",
+        "indexes": "collection name -> index names made",
+        "database": "database name",
+        "warnings": "what the operator should know (e.g. no checksums)",
+    }
 
     class Params(StepParams):
         uri: str = Field(description="connection string naming the database to restore into")

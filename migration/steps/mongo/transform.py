@@ -52,9 +52,9 @@ class MongoTransform(Step["MongoTransform.Params"]):
     A ``function`` (``module:function``, imported with the working directory and
     ``PYTHONPATH`` on ``sys.path``) gets each document and returns update
     operators (``$set``, ``$unset``, ``$rename``) or None to skip it; raising
-    ``InvalidDocument`` marks it invalid (left as it is), any other exception is
-    an error. Or declarative ``operations`` (``set``, ``unset``, ``rename``,
-    ``split``; see ``migration.steps.mongo.operations``). Each batch is written
+    ``migration.errors.InvalidDocument`` marks it invalid (left as it is), any other
+    exception is an error. Or declarative ``operations`` (``set``, ``unset``, ``rename``,
+    ``split``; each described below). Each batch is written
     with unordered ``bulk_write`` of updates guarded by the values read
     (``{_id, field: value read}``, ``{$exists: false}`` for an absent field;
     embedded documents and arrays are not guarded, the ``_id`` and the scalar
@@ -116,6 +116,15 @@ class MongoTransform(Step["MongoTransform.Params"]):
     """
 
     name = "mongo.transform"
+    outputs = {
+        "total": "documents read",
+        "migrated": "documents updated (or found already in their after-state)",
+        "skipped": "documents left alone (the function returned None)",
+        "invalid": "documents marked invalid, left as they were",
+        "errors": "documents that failed",
+        "conflicts": "documents changed by someone else meanwhile, not overwritten",
+        "log": "path of the per-record log (migration-log-<ts>.json)",
+    }
 
     class Params(StepParams):
         uri: str = Field(description="connection string naming the database")
