@@ -108,12 +108,18 @@ def steps_markdown() -> str:
         "",
     ]
     for name, cls in step_types().items():
-        lines += [f"## `{name}`", ""]
-        lines += _docstring(cls)
-        lines += ["", *_parameter_table(cls.Params), ""]
-        lines += [*_outputs_table(cls), ""]
-        lines += _item_sections(cls.Params)
+        lines += step_section(name, cls)
     return "\n".join(lines)
+
+
+def step_section(name: str, cls: type[Step[Any]]) -> list[str]:
+    """One step type's reference: docstring, parameters, outputs, documented items."""
+    lines = [f"## `{name}`", ""]
+    lines += _docstring(cls)
+    lines += ["", *_parameter_table(cls.Params), ""]
+    lines += [*_outputs_table(cls), ""]
+    lines += _item_sections(cls.Params)
+    return lines
 
 
 if __name__ == "__main__":
