@@ -14,7 +14,13 @@ is added to ``cpu_seconds``), ``recipe`` (the bank-details recipe alone), ``bulk
 (unordered ``bulk_write`` of ``UpdateOne`` by ``_id``: the write floor), ``naive`` (find,
 then ``update_one`` per document, as a hand-written script does),
 ``update_many`` (one server-side statement), ``parallel_read`` (N threads
-reading disjoint ``_id`` ranges).
+reading disjoint ``_id`` ranges), and for ``run.py --compare``: ``mongodump_db``
+and ``mongorestore_db`` (the whole database, as a user runs them), ``naive_backup``
+(``find()`` and ``bson.encode`` per document) and ``naive_restore`` (``bson.decode``
+per document, ``insert_many``).
+
+``cpu_seconds`` is this process's CPU (user + system, all threads) for the operation:
+the client's cost, whatever the server costs.
 """
 
 from __future__ import annotations
@@ -183,7 +189,12 @@ def op_backup(args: dict[str, Any]) -> dict[str, Any]:
     if args.get("batch_size"):
         checksums.READ_BATCH_DOCS = int(args["batch_size"])
     out = Path(args["out"])
-    params = MongoBackup.Params(uri=args["url"], out=str(out), verify=args.get("verify", "counts"))
+    params = MongoBackup.Params(
+        uri=args["url"],
+        out=str(out),
+        verify=args.get("verify", "counts"),
+        parallel_collections=int(args.get("parallel_collections", 4)),
+    )
     ctx = StepContext(step_id="backup", params=params, workdir=out)
     started = time.perf_counter()
     outputs = MongoBackup().run(ctx)
@@ -217,7 +228,15 @@ def op_restore(args: dict[str, Any]) -> dict[str, Any]:
     if args.get("batch_size"):
         restore.INSERT_BATCH_DOCS = int(args["batch_size"])
     params = MongoRestore.Params.model_validate(
-        {"uri": args["url"], "from": args["from"], "drop": True, "allow_other_database": True}
+        {
+            "uri": args["url"],
+            "from": args["from"],
+            "drop": True,
+            "allow_other_database": True,
+            "verify": args.get("verify", "checksums"),
+            "parallel_collections": int(args.get("parallel_collections", 4)),
+            "insertion_workers": int(args.get("insertion_workers", 1)),
+        }
     )
     ctx = StepContext(step_id="restore", params=params, workdir=Path(args["from"]))
     started = time.perf_counter()
@@ -246,6 +265,73 @@ def op_insert(args: dict[str, Any]) -> dict[str, Any]:
         coll.insert_many(batch, ordered=True)
         count += len(batch)
     return {"seconds": time.perf_counter() - started, "docs": count, "bytes": total_bytes}
+
+
+def op_mongodump_db(args: dict[str, Any]) -> dict[str, Any]:
+    """mongodump of the whole database, as a user runs it (4 collections at once by default)."""
+    out = Path(args["out"]) / f"mongodump-{os.getpid()}"
+    started = time.perf_counter()
+    subprocess.run(["mongodump", f"--uri={args['url']}", f"--out={out}"], check=True, capture_output=True)
+    seconds = time.perf_counter() - started
+    size = sum(p.stat().st_size for p in out.rglob("*.bson"))
+    shutil.rmtree(out, ignore_errors=True)
+    return {"seconds": seconds, "bytes": size}
+
+
+def op_mongorestore_db(args: dict[str, Any]) -> dict[str, Any]:
+    """mongorestore --drop of a backup's dump folder into the database of ``url``."""
+    source, target = args["source_db"], args["target_db"]
+    started = time.perf_counter()
+    argv = ["mongorestore", f"--uri={args['url']}", "--drop", f"--nsFrom={source}.*", f"--nsTo={target}.*"]
+    subprocess.run([*argv, args["from"]], check=True, capture_output=True)
+    return {"seconds": time.perf_counter() - started}
+
+
+def op_naive_backup(args: dict[str, Any]) -> dict[str, Any]:
+    """The dump one writes by hand: find() every collection, bson.encode each document."""
+    import bson
+
+    coll = collection(args["url"])
+    db = coll.database
+    out = Path(args["out"]) / f"naive-{os.getpid()}"
+    out.mkdir(parents=True)
+    started = time.perf_counter()
+    count = size = 0
+    for name in sorted(db.list_collection_names()):
+        with open(out / f"{name}.bson", "wb") as handle:
+            for document in db[name].find({}, sort=[("_id", 1)]):
+                data = bson.encode(document)
+                handle.write(data)
+                size += len(data)
+                count += 1
+    seconds = time.perf_counter() - started
+    shutil.rmtree(out, ignore_errors=True)
+    return {"seconds": seconds, "docs": count, "bytes": size}
+
+
+def op_naive_restore(args: dict[str, Any]) -> dict[str, Any]:
+    """The restore one writes by hand: decode each document of each file, insert_many them."""
+    import bson
+
+    coll = collection(args["url"])
+    db = coll.database
+    cap = int(args.get("batch_size", 1000))
+    started = time.perf_counter()
+    count = 0
+    for path in sorted(Path(args["from"]).glob("*.bson")):
+        target = db[path.name.removesuffix(".bson")]
+        target.drop()
+        batch: list[Any] = []
+        for raw in iter_documents(path):
+            batch.append(bson.decode(raw))
+            if len(batch) >= cap:
+                target.insert_many(batch)
+                count += len(batch)
+                batch = []
+        if batch:
+            target.insert_many(batch)
+            count += len(batch)
+    return {"seconds": time.perf_counter() - started, "docs": count}
 
 
 def op_mongorestore(args: dict[str, Any]) -> dict[str, Any]:

@@ -6,6 +6,8 @@
     python bench/run.py --docs 20000 --repeat 5 --only backup,restore
     python bench/run.py --million             # also memory at 1,000,000 documents
     python bench/run.py --profile             # also pyinstrument profiles of backup and restore
+    python bench/run.py --compare --docs 20000   # ours vs mongodump/mongorestore (if on PATH)
+                                              # and the naive loops, side by side
     MIGRATION_TEST_MONGO_URL=mongodb://host:27017/ python bench/run.py   # a real mongod
 
 Sections: backup, restore, transform, sweep (batch sizes, workers, write
@@ -29,6 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import compare
 import orchestration
 import sections
 from harness import PROJECT, Figure, machine, open_server, say, workdir
@@ -57,6 +60,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--url", default=None, help="server URL (default: MIGRATION_TEST_MONGO_URL)")
     parser.add_argument("--json", type=Path, default=None, help="where to write the JSON results")
     parser.add_argument("--keep-work", action="store_true", help="keep the temporary work folder")
+    parser.add_argument(
+        "--compare",
+        action="store_true",
+        help="only the side-by-side table: ours vs mongodump/mongorestore (when on PATH) and naive loops",
+    )
     args = parser.parse_args(argv)
     unknown = set(args.only.split(",")) - set(ALL)
     if unknown:
@@ -108,6 +116,9 @@ def report(meta: dict[str, Any], results: dict[str, list[Figure]]) -> str:
         f"- repetitions: {meta['repeat']}; seconds are medians (min-max) of the repetitions",
         "",
     ]
+    if meta.get("compare_table"):
+        lines += ["## side by side (run.py --compare)", "", *meta["compare_table"], ""]
+        lines += [f"- tools on PATH: {meta.get('tools')}", ""]
     for name, figures in results.items():
         lines += [f"## {name}", "", *_table(figures), ""]
     for key in ("orchestration_syscalls", "orchestration_profile", "profiles", "server_peak_rss_mb"):
@@ -130,7 +141,7 @@ def _profiles(setup: sections.Setup, out_dir: Path, chosen: list[str]) -> dict[s
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    chosen = [name for name in ALL if name in args.only.split(",")]
+    chosen = [] if args.compare else [name for name in ALL if name in args.only.split(",")]
     started = datetime.now(UTC)
     results_dir = PROJECT / "bench" / "results"
     results_dir.mkdir(exist_ok=True)
@@ -145,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, list[Figure]] = {}
     clock = time.perf_counter()
     try:
-        needs_server = any(name != "orchestration" for name in chosen) or args.profile
+        needs_server = any(name != "orchestration" for name in chosen) or args.profile or args.compare
         if needs_server:
             server = open_server(args.url)
             meta["server"] = server.kind
@@ -168,6 +179,11 @@ def main(argv: list[str] | None = None) -> int:
                 tools={tool: shutil.which(tool) is not None for tool in ("mongodump", "mongorestore")},
             )
             meta["tools"] = setup.tools
+            if args.compare:
+                rows = compare.backup_and_restore(setup) + compare.transform(setup)
+                meta["compare_table"] = compare.table(server.kind, rows)
+                meta["compare"] = compare.as_dict(server.kind, rows)
+                results["compare"] = compare.figures(rows)
             for name in ("backup", "restore", "transform", "sweep"):
                 if name in chosen:
                     results[name] = getattr(sections, name)(setup)

@@ -358,10 +358,11 @@ def abandon(plan: str, store: StoreChoice) -> None:
 
 
 @main.command()
+@click.argument("name", required=False)
 @handle_errors
-def steps() -> None:
-    """List step types with their parameters."""
-    click.echo(commands.list_steps(), nl=False)
+def steps(name: str | None) -> None:
+    """List step types with their parameters and outputs; with NAME, that one in full."""
+    click.echo(commands.show_step(name) if name else commands.list_steps(), nl=False)
 
 
 @main.command()

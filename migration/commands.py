@@ -6,6 +6,7 @@ exit code (RolledBack 3, RollbackFailed 4, StepFailed 1, Interrupted 130, ...).
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import sys
@@ -16,7 +17,7 @@ from typing import Any
 import structlog
 import yaml
 
-from migration import report, report_html, resume_vars, stores
+from migration import report, report_html, resume_vars, stepdocs, stores
 from migration.context import PLACEHOLDER_RUN_ID, RunInputs, TemplateContext, check_vars, prepare, run_context
 from migration.errors import (
     MigrationError,
@@ -45,7 +46,7 @@ from migration.state import (
     operator_name,
 )
 from migration.steps.base import StopFlag
-from migration.steps.registry import step_types
+from migration.steps.registry import get_step_type, step_types
 from migration.stores import StoreChoice, default_state_dir
 from migration.summary import format_status, summarize
 
@@ -404,6 +405,17 @@ def history(choice: StoreChoice, plan: str | None = None) -> list[dict[str, Any]
     return stores.history(choice, name)
 
 
+def show_step(name: str) -> str:
+    """One step type in full (``migration steps NAME``): what docs/steps.md says of it."""
+    step_type = get_step_type(name)
+    if step_type is None:
+        names = list(step_types())
+        hint = difflib.get_close_matches(name, names, n=1)
+        suggestion = f"; did you mean {hint[0]!r}?" if hint else f" (known: {', '.join(names)})"
+        raise UsageError(f"no step type {name!r}{suggestion}")
+    return "\n".join(stepdocs.step_section(name, step_type)) + "\n"
+
+
 def list_steps() -> str:
     lines = []
     for name, cls in step_types().items():
@@ -419,6 +431,8 @@ def list_steps() -> str:
             )
             desc = prop.get("description", "")
             lines.append(f"  {mark} {pname} ({kind})" + (f": {desc}" if desc else ""))
+        declared = cls.declared_outputs()
+        lines.append("  outputs: " + ("not declared" if declared is None else ", ".join(declared) or "none"))
     lines.append("")
     lines.append("* required")
     return "\n".join(lines) + "\n"

@@ -18,6 +18,7 @@ such as ``mongo.preflight``'s) are evaluated and shown as would pass / would fai
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,9 @@ from migration.secrets import Redactor
 from migration.state.document import Status
 from migration.steps.base import Preview, StepContext
 from migration.steps.registry import get_step_type
+
+# How a dry run renders an output not known yet (migration.plan.placeholders).
+_OUTPUT_PLACEHOLDER = re.compile(r"<steps(?:\.([A-Za-z0-9_]+)|\['([^'\]]+)'\])\.outputs\.([A-Za-z0-9_]+)>")
 
 # The exit codes of a dry run that predicts a failure (docs/design.md, "Dry run").
 EXIT_STATIC = 2
@@ -89,6 +93,19 @@ class Previewer:
         for line in self.redact.text(text).splitlines() or [""]:
             self.lines.append(pad + line)
 
+    def _explain_outputs(self, text: str) -> str:
+        """A step's preview in words where it shows an output still to come: ``<steps.backup.outputs.path>``
+        reads "the path that step backup (phase backup) writes during this run"."""
+        phase_of = {s.id: p.id for p in self.loaded.plan.phases for s in p.steps}
+
+        def words(match: re.Match[str]) -> str:
+            step_id, output = match.group(1) or match.group(2), match.group(3)
+            phase = phase_of.get(step_id)
+            where = f" (phase {phase})" if phase else ""
+            return f"the {output} that step {step_id}{where} writes during this run"
+
+        return _OUTPUT_PLACEHOLDER.sub(words, text)
+
     def step(self, spec: StepSpec, indent: int, main: bool = False) -> None:
         self.out(f"- step {spec.id} ({spec.uses})", indent)
         extras = []
@@ -113,10 +130,15 @@ class Previewer:
             return
         self.redact.learn(rendered)
         for key, value in rendered.items():
-            self.out(f"{key}: {_fmt(value)}", indent + 2)
+            if key in step_type.previewed_fields:
+                self.out(f"{key}: see the preview below", indent + 2)
+            else:
+                self.out(f"{key}: {_fmt(value)}", indent + 2)
         try:
             params = step_type.Params.model_validate(rendered)
         except ValidationError:
+            for key in step_type.previewed_fields & set(rendered):  # the preview will not show them
+                self.out(f"{key}: {_fmt(rendered[key])}", indent + 2)
             if "<steps." in _fmt(rendered):
                 self.out("preview: depends on outputs of earlier steps; shown at run time", indent + 2)
             else:
@@ -151,7 +173,7 @@ class Previewer:
             self.problems.append(Problem(spec.id, f"{type(exc).__name__}: {exc}", static=False))
             preview = Preview(f"PROBLEM: {type(exc).__name__}: {exc}")
         self.out("preview:", indent + 2)
-        self.out(str(preview), indent + 3)
+        self.out(self._explain_outputs(str(preview)), indent + 3)
         for problem in preview.problems:
             self.problems.append(Problem(spec.id, problem, static=False))
             self.out(f"PREDICTED FAILURE: {problem}", indent + 3)

@@ -223,9 +223,10 @@ def test_restore_subset_leaves_other_collections_alone(mongo_url: str, seeded: A
 def test_writes_during_backup_fail_it_and_leave_no_backup(
     mongo_url: str, seeded: Any, tmp_path: Path
 ) -> None:
+    # One collection at a time, so User (dumped last) is read after the late write.
     ctx = HookedContext(
         step_id="backup",
-        params=MongoBackup.Params(uri=mongo_url, out="backups"),
+        params=MongoBackup.Params(uri=mongo_url, out="backups", parallel_collections=1),
         workdir=tmp_path,
         hook=lambda: seeded.User.insert_one({"email": "late@example.com"}),
         hook_on="backup",
@@ -532,3 +533,40 @@ def test_memory_stays_flat_however_large_the_collection(
     # About 30 MB went through each way; a copy in memory would show here.
     assert backup_peak < 8_000_000
     assert restore_peak < 8_000_000
+
+
+def test_raw_batches_are_the_bytes_find_raw_batches_gives(
+    seeded: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from migration.steps.mongo import checksums as raw
+
+    monkeypatch.setattr(raw, "READ_BATCH_DOCS", 7)  # several getMores, a short last batch
+    for name in COLLECTIONS:
+        ours = list(raw.raw_batches(seeded, name))
+        theirs = b"".join(seeded[name].find_raw_batches(sort=[("_id", 1)], batch_size=7))
+        assert b"".join(ours) == theirs
+        assert all(raw.count_in_buffer(batch) <= 7 for batch in ours)
+        assert len(ours) == -(-seeded[name].count_documents({}) // 7)
+
+
+def test_restore_verifies_by_dbhash_where_the_server_has_it_else_reads_back(
+    mongo_url: str, seeded: Any, tmp_path: Path
+) -> None:
+    from migration.steps.mongo.common import detect_server
+    from migration.steps.mongo.restore_data import has_dbhash
+
+    folder = MongoBackup().run(backup_ctx(tmp_path, uri=mongo_url))["path"]
+    server = detect_server(seeded.client)
+    outputs = MongoRestore().run(restore_ctx(tmp_path, uri=mongo_url, drop=True, **{"from": folder}))
+
+    assert outputs["verified"] == "counts+checksums"
+    if server.ferretdb1:  # FerretDB 1.x has no dbHash (CommandNotFound)
+        assert not has_dbhash(seeded)
+        assert set(outputs["verified_by"].values()) == {"read-back"}
+    elif has_dbhash(seeded):
+        assert set(outputs["verified_by"].values()) == {"dbHash"}
+    counts_only = MongoRestore().run(
+        restore_ctx(tmp_path, uri=mongo_url, drop=True, verify="counts", **{"from": folder})
+    )
+    assert counts_only["verified"] == "counts"
+    assert set(counts_only["verified_by"].values()) == {"count"}

@@ -9,6 +9,7 @@ attempt gets the last report as ``ctx.resume``, as the runner would give it.
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -100,8 +101,12 @@ def attempt_ctx(
     drop: bool = False,
     kill_at_progress: int = 0,
     kill_after_docs: int = 0,
+    parallel_collections: int = 1,
 ) -> KillingContext:
-    params = MongoRestore.Params.model_validate({"uri": url, "from": str(folder), "drop": drop})
+    # One collection at a time unless asked: the kill points below are counted in documents.
+    params = MongoRestore.Params.model_validate(
+        {"uri": url, "from": str(folder), "drop": drop, "parallel_collections": parallel_collections}
+    )
     return KillingContext(
         step_id="restore",
         params=params,
@@ -173,18 +178,19 @@ def test_a_collection_changed_after_it_was_restored_is_not_taken_for_its_own(
     mongo_url: str, dump: tuple[Path, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     folder, db = dump
-    verify = restore._verify_each
+    verify = restore.verify_collection
 
-    def written_to_meanwhile(*args: Any) -> Any:
-        db.User.insert_one({"_id": "someone else's"})
-        return verify(*args)
+    def written_to_meanwhile(target: Any, dumped: Any, *args: Any) -> Any:
+        if dumped.name == "User":
+            db.User.insert_one({"_id": "someone else's"})
+        return verify(target, dumped, *args)
 
-    monkeypatch.setattr(restore, "_verify_each", written_to_meanwhile)
+    monkeypatch.setattr(restore, "verify_collection", written_to_meanwhile)
     ctx = attempt_ctx(mongo_url, folder, tmp_path, {})
     with pytest.raises(StepError, match="User has 61 documents, the dump 60"):
         MongoRestore().run(ctx)
     assert ctx.reports[-1]["done"] == ["Empty", "Property", "PropertyBankDetails"]
-    monkeypatch.setattr(restore, "_verify_each", verify)
+    monkeypatch.setattr(restore, "verify_collection", verify)
     before = checksums(db)
 
     with pytest.raises(StepError, match=r"refusing to restore: User \(61 documents\) already hold data"):
@@ -236,3 +242,62 @@ def test_a_resume_into_another_database_takes_nothing_there_for_its_own(
     finally:
         client.drop_database(other)
         client.close()
+
+
+def test_restore_of_several_collections_at_once_killed_resumes_to_the_backup(
+    mongo_url: str, dump: tuple[Path, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four collections in flight at once; killed with several of them half-restored.
+    Without drop, the next attempt restores only because the kill's record names every
+    collection it had started as its own (anything else holding data is refused)."""
+    folder, db = dump
+    real = restore.restore_native
+    started = threading.Barrier(3, timeout=30)  # Property, PropertyBankDetails, User
+    inserted: list[int] = []
+
+    def held(target: Any, dumped: Any, server: Any, warn: Any, advance: Any, *rest: Any) -> Any:
+        # Each collection, after its first batch, waits until all three are in flight;
+        # then the first to see BATCH * 4 documents inserted in all dies.
+        first = [True]
+
+        def holding(n: int) -> None:
+            advance(n)
+            inserted.append(n)
+            if first[0]:
+                first[0] = False
+                started.wait()
+            if sum(inserted) >= BATCH * 4:
+                raise Killed
+
+        return real(target, dumped, server, warn, holding, *rest)
+
+    monkeypatch.setattr(restore, "restore_native", held)
+    ctx = attempt_ctx(mongo_url, folder, tmp_path, {}, parallel_collections=4)
+    with pytest.raises(Killed):
+        MongoRestore().run(ctx)
+    monkeypatch.setattr(restore, "restore_native", real)
+    progress = ctx.reports[-1]
+    in_flight = {progress["current"], *progress["partial"]}
+    assert {"Property", "PropertyBankDetails", "User"} <= in_flight
+    assert all(0 < db[n].count_documents({}) <= BATCH * 4 for n in in_flight - {"Empty"})
+
+    outputs, last = attempt(mongo_url, folder, tmp_path, progress)
+
+    assert outputs is not None and outputs["verified"] == "counts+checksums"
+    assert {n: collection_checksum(db, n) for n in COLLECTIONS} == expected_checksums(folder)
+    assert last["done"] == COLLECTIONS and (last["current"], last["partial"]) == ("", [])
+
+
+def test_insertion_workers_restore_one_collection_by_several_threads(
+    mongo_url: str, dump: tuple[Path, Any], tmp_path: Path
+) -> None:
+    folder, db = dump
+    params = MongoRestore.Params.model_validate(
+        {"uri": mongo_url, "from": str(folder), "insertion_workers": 3, "parallel_collections": 2}
+    )
+    outputs = MongoRestore().run(StepContext(step_id="restore", params=params, workdir=tmp_path))
+
+    assert outputs["verified"] == "counts+checksums"
+    assert outputs["restored"] == {"Empty": 0, "Property": 200, "PropertyBankDetails": 42, "User": 60}
+    assert {n: collection_checksum(db, n) for n in COLLECTIONS} == expected_checksums(folder)
+    assert "email_1" in outputs["indexes"]["User"]

@@ -275,5 +275,10 @@ def test_dry_run_lists_checks_and_writes_nothing(
         workdir=tmp_path,
     )
     text = MongoValidate().preview(ctx)
-    assert "would run 2 checks" in text and "gone: sample on Nope (collection does not exist now)" in text
+    assert "would run 2 checks" in text
+    assert "  count (count): documents in PropertyBankDetails = 4\n" in text
+    assert (
+        "gone (sample): show the first 5 documents of Nope; always passes (collection does not exist now)"
+        in text
+    )
     assert not (tmp_path / "backups").exists()

@@ -14,6 +14,8 @@ from pydantic import ValidationError
 from migration.plan import quoting, templates
 from migration.plan.loaded_plan import LoadedPlan
 from migration.plan.model import StepSpec
+from migration.plan.template_check import output_references
+from migration.plan.templated_params import check_templated_values
 from migration.plan.validation_errors import first_error
 from migration.plan.yaml_positions import Loc, format_path
 from migration.steps.registry import get_step_type, step_types
@@ -93,7 +95,9 @@ def _check_step_params(loaded: LoadedPlan, loc: Loc, step: StepSpec) -> None:
     except ValidationError as exc:
 
         def templated(path: Loc, err: Mapping[str, Any]) -> bool:
-            # A templated value is checked after rendering, at run time.
+            # A templated value is checked after rendering, at run time; its key is not templated.
+            if err.get("type") == "extra_forbidden":
+                return False
             value: Any = with_raw
             for part in path:
                 if templates.is_template(value):
@@ -108,6 +112,9 @@ def _check_step_params(loaded: LoadedPlan, loc: Loc, step: StepSpec) -> None:
         error = first_error(exc, with_raw, step_type.Params, positions, file, (*loc, "with"), templated)
         if error is not None:
             raise error from exc
+    check_templated_values(
+        with_raw, step_type.Params, quoters, loaded.positions, loaded.display_path, (*loc, "with")
+    )
 
 
 def _check_templates(loaded: LoadedPlan, extra_vars: Mapping[str, Any]) -> None:
@@ -115,6 +122,7 @@ def _check_templates(loaded: LoadedPlan, extra_vars: Mapping[str, Any]) -> None:
     known_vars = set(plan.vars) | set(extra_vars)
     main_order = [s.id for s in plan.all_steps()]
     phase_rollback_ids = [s.id for p in plan.phases for s in p.rollback]
+    uses_of = {spec.id: spec.uses for _, spec in _step_locs(loaded)}
 
     def check(
         loc: Loc,
@@ -144,6 +152,8 @@ def _check_templates(loaded: LoadedPlan, extra_vars: Mapping[str, Any]) -> None:
             else:
                 hint = f"; did you mean {close[0]!r}?" if close else ""
             raise loaded.error(loc, f"no step with id {ref!r}{hint}")
+        for step_id, output in sorted(output_references(tree)):
+            _check_output(loaded, loc, uses_of.get(step_id), step_id, output)
         for name in sorted(refs.vars):
             if var_names is not None and name not in var_names and name in plan.vars:
                 problem = "refers to itself" if loc[:2] == ("vars", name) else "is defined below"
@@ -187,6 +197,21 @@ def _check_templates(loaded: LoadedPlan, extra_vars: Mapping[str, Any]) -> None:
         for sub, text in templates.iter_strings(plan.rollback.with_, ("rollback", "with")):
             if templates.is_template(text):
                 check(sub, text, main_order + phase_rollback_ids)
+
+
+def _check_output(loaded: LoadedPlan, loc: Loc, uses: str | None, step_id: str, output: str) -> None:
+    """Refuse ``steps.<id>.outputs.<output>`` when the step's type declares no such output."""
+    step_type = get_step_type(uses) if uses is not None else None
+    declared = step_type.declared_outputs() if step_type is not None else None
+    if declared is None or output in declared:
+        return
+    names = list(declared)
+    close = difflib.get_close_matches(output, names, n=2)
+    if close:
+        hint = "; did you mean " + " or ".join(repr(name) for name in close) + "?"
+    else:
+        hint = f" (its outputs: {', '.join(names) or 'none'})"
+    raise loaded.error(loc, f"step {step_id!r} ({uses}) has no output {output!r}{hint}")
 
 
 def _check_step_templates(check: Any, loc: Loc, step: StepSpec, visible: list[str]) -> None:

@@ -21,7 +21,8 @@ from migration.plan.placeholders import Placeholder
 from migration.plan.quoting import Quoter, check_template, quote, quoters
 from migration.plan.sandbox import ENV, TemplateError, is_template, make_environment, one_line, printable
 
-_SINGLE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>.*?)\}\}\s*$", re.DOTALL)
+SINGLE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>.*?)\}\}\s*$", re.DOTALL)
+"""A string that is one ``{{ expression }}``: it renders to the expression's own value."""
 
 
 def _quoting(quoter: Quoter) -> Callable[[Any], str]:
@@ -92,7 +93,7 @@ def render_string(
     quoter = _as_quoter(quoter, quote)
     check_template(quoter, source)
     with _one_error("template", f"template {source!r}"):
-        match = _SINGLE_EXPRESSION.match(source)
+        match = SINGLE_EXPRESSION.match(source)
         if match and "{{" not in match.group("expr") and quoter == Quoter.NONE:
             value = ENV.compile_expression(match.group("expr"), undefined_to_none=False)(**context)
             if isinstance(value, Placeholder):

@@ -181,6 +181,49 @@ def references(tree: nodes.Template) -> References:
     return refs
 
 
+def output_references(tree: nodes.Template) -> set[tuple[str, str]]:
+    """The ``(step id, output name)`` pairs a template reads, as far as they are literal.
+
+    ``steps.a.outputs.b``, ``steps['a'].outputs['b']`` and ``steps.a.outputs.get('b')``
+    all read ``('a', 'b')``; a dict method (``steps.a.outputs.items()``) is no name, and
+    a computed key (``steps.a.outputs[vars.k]``) cannot be known here.
+    """
+    found: set[tuple[str, str]] = set()
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        assert isinstance(node, (nodes.Getattr, nodes.Getitem))
+        outputs = node.node
+        if not (isinstance(outputs, (nodes.Getattr, nodes.Getitem)) and _key_of(outputs) == "outputs"):
+            continue
+        step = outputs.node
+        if not isinstance(step, (nodes.Getattr, nodes.Getitem)):
+            continue
+        root = step.node
+        step_id = _key_of(step)
+        if not (isinstance(root, nodes.Name) and root.name == "steps") or step_id is None:
+            continue
+        name = _key_of(node)
+        if name is None:
+            continue
+        if isinstance(node, nodes.Getattr) and hasattr(dict, name):
+            if name == "get":
+                found |= {(step_id, key) for key in _get_keys(tree, node)}
+            continue
+        found.add((step_id, name))
+    return found
+
+
+def _get_keys(tree: nodes.Template, method: nodes.Getattr) -> set[str]:
+    """The literal first arguments of the calls of ``method`` (``outputs.get('x')``)."""
+    return {
+        call.args[0].value
+        for call in tree.find_all(nodes.Call)
+        if call.node is method
+        and call.args
+        and isinstance(call.args[0], nodes.Const)
+        and isinstance(call.args[0].value, str)
+    }
+
+
 def iter_strings(value: Any, path: tuple[str | int, ...] = ()) -> Iterator[tuple[tuple[str | int, ...], str]]:
     """Every string inside nested dicts/lists, with its path."""
     if isinstance(value, str):

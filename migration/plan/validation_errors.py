@@ -18,7 +18,7 @@ from migration.errors import PlanError
 from migration.plan.yaml_positions import Loc, Positions, format_path
 
 
-def _resolve_loc(raw: Any, loc: tuple[Any, ...]) -> tuple[Loc, bool]:
+def resolve_loc(raw: Any, loc: tuple[Any, ...]) -> tuple[Loc, bool]:
     """Map a pydantic error location onto the data, dropping union tags.
 
     Returns the path and whether it ended on a key that is absent (a missing field).
@@ -63,29 +63,48 @@ def _message(err: Mapping[str, Any], key: str | int | None, allowed: list[str]) 
 
 
 def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The pydantic model owning the last element of ``loc`` (for 'allowed keys')."""
-    current: Any = model
+    """The pydantic model owning the last element of ``loc`` (for 'allowed keys').
+
+    Through a union the members are followed together until a tag names one: a
+    discriminator value (``checks[0].count.equals``: the check whose ``type`` is
+    ``count``) or pydantic's member tag (``list[StepSpec]``).
+    """
+    candidates: list[type[BaseModel]] = [model]
     for part in loc[:-1]:
-        if isinstance(part, int) or (isinstance(part, str) and _is_union_tag(part)):
+        if isinstance(part, int):
             continue
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+        following = [
+            inner
+            for candidate in candidates
+            for name, info in candidate.model_fields.items()
+            if part in (name, info.alias)
+            for inner in _inner_models(info.annotation)
+        ]
+        if following:
+            candidates = following
+            continue
+        tagged = [c for c in candidates if _is_tag_of(c, str(part))]
+        if tagged:
+            candidates = tagged
+        elif not (isinstance(part, str) and _is_union_tag(part)):
             return None
-        fields = {f.alias or n: f for n, f in current.model_fields.items()}
-        info = fields.get(part)
-        if info is None:
-            return None
-        current = _inner_model(info.annotation)
-    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+    return candidates[0] if candidates else None
 
 
-def _inner_model(annotation: Any) -> Any:
+def _inner_models(annotation: Any) -> list[type[BaseModel]]:
+    """Every model an annotation may hold (``list[A | B] | None`` gives A and B)."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        found = _inner_model(arg)
-        if found is not None:
-            return found
-    return None
+        return [annotation]
+    return [model for arg in typing.get_args(annotation) for model in _inner_models(arg)]
+
+
+def _is_tag_of(model: type[BaseModel], tag: str) -> bool:
+    if tag == model.__name__ or f"[{model.__name__}]" in tag:
+        return True
+    return any(
+        typing.get_origin(info.annotation) is typing.Literal and tag in typing.get_args(info.annotation)
+        for info in model.model_fields.values()
+    )
 
 
 def _allowed(model: type[BaseModel] | None) -> list[str]:
@@ -107,10 +126,10 @@ def first_error(
 
     ``raw`` is the data ``model`` validated, found in the plan at ``prefix``.
     """
-    best: tuple[int, PlanError] | None = None
+    best: tuple[tuple[int, bool], PlanError] | None = None
     for err in exc.errors():
         loc = tuple(err["loc"])
-        path, missing = _resolve_loc(raw, loc)
+        path, missing = resolve_loc(raw, loc)
         if skip is not None and skip(path, err):
             continue
         full = (*prefix, *path)
@@ -124,7 +143,9 @@ def first_error(
             error = PlanError(message, file=file, line=line, col=col, path=format_path(full))
         else:
             error = positions.error(file, full, message, at_key=kind == "extra_forbidden")
-        depth = len(path)
-        if best is None or depth > best[0]:
-            best = (depth, error)
+        # Deepest first; at one depth an unknown key beats a missing field: 'frm' with
+        # 'from' missing says "unknown key 'frm'; did you mean 'from'?", which says both.
+        rank = (len(path), kind == "extra_forbidden")
+        if best is None or rank > best[0]:
+            best = (rank, error)
     return best[1] if best else None

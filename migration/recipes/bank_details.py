@@ -233,8 +233,8 @@ def iban_print_format(iban: str) -> str:
 class InvalidValue(InvalidDocument, ValueError):
     """A value that is neither an IBAN nor a SWIFT/BIC, or a document that cannot be split.
 
-    Subclasses ``mongo.transform``'s ``InvalidDocument``, so the
-    step counts the document as ``invalid`` and keeps it as it is, and ValueError,
+    Subclasses ``migration.errors.InvalidDocument``, so ``mongo.transform``
+    counts the document as ``invalid`` and keeps it as it is, and ValueError,
     so the classifiers can also serve as ``split`` classifiers.
     """
 

@@ -25,7 +25,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -318,3 +318,31 @@ class Step(Generic[P]):
     def describe(cls) -> str:
         doc = (cls.__doc__ or "").strip()
         return doc.splitlines()[0] if doc else cls.name
+
+    # ---- Declared outputs -------------------------------------------------------------
+    # What ``steps.<id>.outputs.<name>`` may name: the plan loader refuses any other name
+    # (a checkpoint's ``that:``, a ``when:``, any template) and docs/steps.md lists them.
+    # Kept in this block of its own, apart from the other class attributes of Step.
+
+    outputs: ClassVar[Mapping[str, str] | None] = None
+    """Every output ``run`` may return (also with a failure), name -> one-line description.
+
+    ``None`` (the default) declares nothing: such a step's outputs are not checked
+    (the ``python`` step, whose outputs are what its function returns, and plugins
+    written before outputs were declared). Only a class's own declaration counts: a
+    subclass that returns more declares them again, or is not checked.
+    """
+
+    @classmethod
+    def declared_outputs(cls) -> Mapping[str, str] | None:
+        """The outputs this class itself declares, or None when it declares none."""
+        declared = cls.__dict__.get("outputs")
+        return declared if isinstance(declared, Mapping) else None
+
+    # ---- end of declared outputs ------------------------------------------------------
+
+    # ---- Fields the preview shows itself ------------------------------------------------
+
+    previewed_fields: ClassVar[frozenset[str]] = frozenset()
+    """``with:`` fields that :meth:`preview` describes itself, readably (``mongo.validate``'s
+    ``checks``, one line each): the dry run does not print their raw value as well."""

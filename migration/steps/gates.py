@@ -56,6 +56,10 @@ class Confirm(Step["Confirm.Params"]):
 
     name = "confirm"
     outside_effects = True
+    outputs = {
+        "confirmed_by": "'--yes' or the operator's user name",
+        "confirmed_at": "UTC time of the confirmation",
+    }
 
     class Params(StepParams):
         message: str = Field(description="what the operator is asked")

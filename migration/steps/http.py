@@ -206,6 +206,12 @@ class HttpCheck(Step["HttpCheck.Params"]):
 
     name = "http.check"
     outside_effects = True
+    outputs = {
+        "status": "HTTP status of the last answer (null if none came)",
+        "elapsed": "seconds from the first request to the end",
+        "checks": "requests sent, hold_for included",
+        "attempts": "requests until the first success",
+    }
 
     class Params(StepParams):
         url: UrlParam = Field(description="http(s) URL to request")

@@ -47,6 +47,10 @@ class Notify(Step["Notify.Params"]):
 
     name = "notify"
     outside_effects = True
+    outputs = {
+        "status": "HTTP status of the webhook's answer (with url)",
+        "exit_code": "exit code of the command (with command)",
+    }
 
     class Params(StepParams):
         text: str = Field(description="the message")

@@ -105,6 +105,18 @@ class ProcessStart(Step["ProcessStart.Params"]):
     outside_effects = True
     # The service runs on the host that started it (see migration.hosts).
     host_local_outputs: ClassVar[dict[str, str]] = {"pid": "process"}
+    outputs = {
+        "pid": "process id",
+        "pgid": "process group id",
+        "start_time": "the process's start time in /proc (identifies it with pid)",
+        "boot_id": "the kernel's boot id (a pid from before a reboot is not this process)",
+        "host": "host name it runs on",
+        "log": "path of its log file",
+        "command": "the command, secrets masked",
+        "started_at": "UTC time it was started",
+        "ready_seconds": "seconds until ready_url answered",
+        "exit_code": "its exit code, when it exited during start (the step then fails)",
+    }
 
     class Params(CommandParams):
         log: str | None = Field(default=None, description="log file (default .migration/logs/<step id>.log)")
@@ -319,6 +331,14 @@ class ProcessStop(Step["ProcessStop.Params"]):
     outside_effects = True
     step_id_params: ClassVar[tuple[str, ...]] = ("id",)
     undo_verb = "stop"
+    outputs = {
+        "stopped": "true when a running process was stopped",
+        "pid": "process id of the start step's process (null if it recorded none)",
+        "signal": "the last signal sent: SIGTERM, SIGKILL or null",
+        "note": "why nothing was stopped, or how the process was identified",
+        "seconds": "how long stopping took",
+        "exit_code": "its exit code, when known",
+    }
 
     class Params(StepParams):
         id: str = Field(description="id of the process.start step")

@@ -66,6 +66,12 @@ class Require(Step["Require.Params"]):
 
     name = "require"
     outside_effects = False
+    outputs = {
+        "commands": "command -> where it was found on PATH",
+        "env": "names of the variables found set (never their values)",
+        "free_disk": "list of {path, free_bytes, required_bytes} measured",
+        "free_bytes": "free bytes at the first free_disk path",
+    }
 
     class Params(StepParams):
         commands: list[str] = Field(default_factory=list, description="executables on PATH")

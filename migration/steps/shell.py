@@ -106,6 +106,13 @@ class Shell(Step["Shell.Params"]):
     name = "shell"
     outside_effects = True
     undo_verb = "run"
+    outputs = {
+        "exit_code": "the command's exit code",
+        "stdout": "last 4000 characters of its standard output, secrets masked",
+        "stderr": "last 4000 characters of its standard error, secrets masked",
+        "seconds": "how long it ran",
+        "timed_out": "true when it was killed at its timeout (the step then fails)",
+    }
 
     class Params(CommandParams):
         timeout: float | None = Field(

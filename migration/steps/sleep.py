@@ -24,6 +24,9 @@ class Sleep(Step["Sleep.Params"]):
 
     name = "sleep"
     outside_effects = False
+    outputs = {
+        "seconds": "how long it waited",
+    }
 
     class Params(StepParams):
         seconds: float = Field(ge=0, description="how long to wait")

@@ -318,7 +318,9 @@ def test_bad_command_line_values_are_one_line_exit_2(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("where", ["that", "when"])
 def test_checkpoint_or_when_on_a_missing_output_fails_cleanly(where: str, tmp_path: Path) -> None:
-    step = "      - {id: s1, uses: shell, with: {command: [touch, ran]}}\n"
+    # A python step declares no outputs, so only the run can find one missing (a step type
+    # that declares its outputs has the name refused at load: tests/bad_plans).
+    step = '      - {id: s1, uses: python, with: {function: "builtins:dict"}}\n'
     if where == "when":
         step += (
             '      - {id: s2, uses: shell, when: "steps.s1.outputs.nope", with: {command: [touch, ran2]}}\n'

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import os
-import secrets
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,11 +14,10 @@ from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 from migration.errors import StepError
-from migration.steps.base import ProgressReporter, Step, StepContext, StepParams
-from migration.steps.mongo.checksums import collection_digest, count_in_buffer, raw_batches
+from migration.steps.base import Step, StepContext, StepParams
+from migration.steps.mongo.backup_dump import Dump
 from migration.steps.mongo.common import (
     connect,
-    detect_server,
     free_disk_bytes,
     human_bytes,
     server_info,
@@ -32,23 +30,14 @@ from migration.steps.mongo.dumpfmt import (
     MANIFEST_NAME,
     PARTIAL_SUFFIX,
     STATS_NAME,
-    BsonWriter,
-    DumpedCollection,
     DumpError,
     backup_folder_name,
-    bson_file_name,
-    dumped_files,
     fsync_dir,
     iso_utc,
-    metadata_file_name,
-    metadata_text,
-    read_metadata,
-    scan_bson_file,
     write_json,
-    write_text,
 )
-from migration.steps.mongo.restore import restore_native, verify_restored
-from migration.steps.mongo.tools import find_tool, run_tool
+from migration.steps.mongo.parallel import DEFAULT_PARALLEL_COLLECTIONS, run_each
+from migration.steps.mongo.tools import find_tool
 from migration.steps.registry import register
 
 DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
@@ -84,146 +73,6 @@ def prune_backups(out: Path, current: str, keep: int) -> list[str]:
     return sorted(doomed)
 
 
-def _metadata_of(db: Database[Any], name: str) -> tuple[str, list[Any], list[str]]:
-    spec = next(iter(db.list_collections(filter={"name": name})), None) or {}
-    uuid = (spec.get("info") or {}).get("uuid")
-    indexes = list(db[name].list_indexes())
-    text = metadata_text(
-        name,
-        indexes,
-        uuid=uuid.hex() if isinstance(uuid, bytes) else "",
-        options=dict(spec.get("options") or {}),
-    )
-    return text, indexes, [str(index.get("name")) for index in indexes]
-
-
-class _Dump:
-    """One backup being written into ``<out>/backup-<ts>.partial``."""
-
-    def __init__(
-        self, ctx: StepContext[MongoBackup.Params], db: Database[Any], partial: Path, tool: str
-    ) -> None:
-        self.ctx = ctx
-        self.db = db
-        self.partial = partial
-        self.tool = tool
-        self.gzip = ctx.params.gzip
-        self.db_dir = partial / DUMP_DIR / db.name
-        self.db_dir.mkdir(parents=True)
-        self.written = 0
-
-    def relative(self, path: Path) -> str:
-        return path.relative_to(self.partial).as_posix()
-
-    def native(self, name: str, bar: ProgressReporter) -> dict[str, Any]:
-        """Stream the collection's raw BSON in ``_id`` order into its file."""
-        text, _, index_names = _metadata_of(self.db, name)
-        meta_path = self.db_dir / metadata_file_name(name, self.gzip)
-        write_text(meta_path, text, self.gzip)
-        path = self.db_dir / bson_file_name(name, self.gzip)
-        writer = BsonWriter(path, self.gzip)
-        count = 0
-        try:
-            for batch in raw_batches(self.db, name):
-                writer.write(batch)
-                self.written += len(batch)
-                documents = count_in_buffer(batch)
-                count += documents
-                bar.advance(documents)
-                self.ctx.check_stop()
-            writer.close()
-        except BaseException:
-            writer.abort()
-            raise
-        return {
-            "count": count,
-            "bytes": writer.bytes,
-            "sha256": writer.sha256,
-            "checksum": writer.sha256,
-            "file": self.relative(path),
-            "file_bytes": path.stat().st_size,
-            "metadata": self.relative(meta_path),
-            "indexes": index_names,
-        }
-
-    def mongodump(self, name: str, bar: ProgressReporter) -> dict[str, Any]:
-        """Run mongodump for one collection, then read its file back for the manifest."""
-        argv = [self.tool, f"--uri={self.ctx.params.uri}", f"--collection={name}"]
-        argv += [f"--out={self.partial / DUMP_DIR}"] + (["--gzip"] if self.gzip else [])
-        run_tool(self.ctx, argv, f"mongodump {name}")
-        path, meta_path = dumped_files(self.db_dir, name, self.gzip)
-        scan = scan_bson_file(path)
-        # mongodump writes in natural order; the collection checksum is over _id order.
-        _, checksum = collection_digest(self.db, name)
-        bar.advance(scan.count)
-        self.written += scan.bytes
-        indexes = read_metadata(meta_path).get("indexes", [])
-        return {
-            "count": scan.count,
-            "bytes": scan.bytes,
-            "sha256": scan.sha256,
-            "checksum": checksum,
-            "file": self.relative(path),
-            "file_bytes": path.stat().st_size,
-            "metadata": self.relative(meta_path),
-            "indexes": [str(index.get("name")) for index in indexes],
-        }
-
-    def dumped(self, entries: dict[str, dict[str, Any]]) -> list[DumpedCollection]:
-        return [
-            DumpedCollection(
-                name=name,
-                bson=self.partial / entry["file"],
-                metadata=self.partial / entry["metadata"],
-                count=entry["count"],
-                sha256=entry["sha256"],
-                checksum=entry["checksum"],
-            )
-            for name, entry in entries.items()
-        ]
-
-    def verify_files(self, entries: dict[str, dict[str, Any]]) -> None:
-        """Read every file back from disk: framing, count and SHA-256 as recorded."""
-        for dumped in self.dumped(entries):
-            scan = scan_bson_file(dumped.bson)
-            if (scan.count, scan.sha256) != (dumped.count, dumped.sha256):
-                raise StepError(f"backup file {dumped.bson.name} reads back differently")
-            assert dumped.metadata is not None
-            read_metadata(dumped.metadata)
-
-    def verify_by_restore(self, client_db: Database[Any], entries: dict[str, Any]) -> None:
-        """Restore into a scratch database on the same server, compare, drop it."""
-        client = client_db.client
-        scratch_name = f"{client_db.name[:40]}_verify_{secrets.token_hex(4)}"
-        scratch = client[scratch_name]
-        server = detect_server(client)
-        if server.statements_per_command:
-            self.ctx.log.info(
-                "FerretDB 1.x workaround: inserts capped",
-                server=server.name,
-                statements_per_command=server.statements_per_command,
-            )
-        chosen = self.dumped(entries)
-        self.ctx.log.info("verify by restore", scratch_database=scratch_name)
-        try:
-            total = sum(d.count or 0 for d in chosen)
-            with self.ctx.progress_bar("verify: restoring", total or None) as bar:
-                for dumped in chosen:
-                    restore_native(
-                        scratch,
-                        dumped,
-                        server,
-                        lambda m: self.ctx.log.warning("verify", note=m),
-                        bar.advance,
-                        self.ctx.check_stop,
-                    )
-            _, _, problems = verify_restored(scratch, chosen, {})
-            if problems:
-                raise StepError("verify by restore failed: " + "; ".join(problems[:3]))
-        finally:
-            client.drop_database(scratch_name)
-
-
 @register
 class MongoBackup(Step["MongoBackup.Params"]):
     """Back up a database: a dump in mongodump's layout, checked and with a manifest.
@@ -238,8 +87,14 @@ class MongoBackup(Step["MongoBackup.Params"]):
     ``.partial`` folder renamed at the very end; a failed backup is removed, and
     says so. Counts taken before and after the dump must agree with what was
     written: a difference means something is still writing (stop the application).
-    ``verify``: ``counts`` (always done), ``checksums`` (read every file back) or
-    ``restore`` (also restore into a scratch database and compare, then drop it).
+    ``parallel_collections`` (default 4, as mongodump's ``--numParallelCollections``)
+    collections are dumped at once, each into its own file; the manifest is the same
+    whatever order they finish in. ``verify`` (what each proves and costs:
+    docs/backups.md): ``counts`` (always done: exact counts before and after equal
+    the documents dumped), ``checksums`` (also read every file back from disk as soon
+    as it is closed, while the others are dumped: count and SHA-256 as recorded) or
+    ``restore`` (also restore into a scratch database on the same server, compare
+    checksums, drop it). Checksums of what is written are computed on the fly.
     ``keep: N`` prunes older ``backup-*`` folders in ``out``, never this one.
 
     Outputs: ``path`` (the backup folder holding the manifest), ``total_records``,
@@ -263,15 +118,36 @@ class MongoBackup(Step["MongoBackup.Params"]):
     writes_folders = ("out",)
     # The dump stays on the disk of the host that made it (see migration.hosts).
     host_local_outputs: ClassVar[dict[str, str]] = {"path": "file"}
+    outputs = {
+        "path": "the backup folder, holding backup-manifest.json (what mongo.restore takes as from)",
+        "total_records": "documents backed up, all collections",
+        "collections": "collection name -> documents",
+        "bytes": "BSON bytes dumped",
+        "disk_bytes": "bytes of the backup folder on disk",
+        "verified": "the verification done: counts, checksums or restore",
+        "manifest": "path of backup-manifest.json",
+        "database": "database name",
+        "pruned": "older backup folders removed by keep",
+    }
 
     class Params(StepParams):
         uri: str = Field(description="connection string naming the database")
         out: str = Field(description="folder that receives backup-<timestamp>/")
         collections: list[str] | None = Field(default=None, description="default: all")
         tool: Literal["native", "mongodump"] = "native"
-        verify: Literal["counts", "checksums", "restore"] = "counts"
+        verify: Literal["counts", "checksums", "restore"] = Field(
+            default="counts",
+            description="counts: exact counts before/after; checksums: also read each file back; "
+            "restore: also restore into a scratch database and compare",
+        )
         gzip: bool = False
         keep: int | None = Field(default=None, ge=1, description="backups to keep in out")
+        parallel_collections: int = Field(
+            default=DEFAULT_PARALLEL_COLLECTIONS,
+            ge=1,
+            le=64,
+            description="collections dumped at once (mongodump --numParallelCollections)",
+        )
 
     def run(self, ctx: StepContext[MongoBackup.Params]) -> dict[str, Any]:
         params = ctx.params
@@ -302,7 +178,7 @@ class MongoBackup(Step["MongoBackup.Params"]):
             )
         for leftover in sorted(out.glob("backup-*" + PARTIAL_SUFFIX)):
             ctx.log.warning("unfinished backup left by an earlier run", folder=str(leftover))
-        before = {name: db[name].count_documents({}) for name in names}
+        before = self._counts(ctx, db, names)
         moment = datetime.now(UTC)
         final = out / backup_folder_name(moment)
         while final.exists() or final.with_name(final.name + PARTIAL_SUFFIX).exists():
@@ -311,16 +187,12 @@ class MongoBackup(Step["MongoBackup.Params"]):
         partial = final.with_name(final.name + PARTIAL_SUFFIX)
         partial.mkdir()
         ctx.log.info("backup started", folder=str(final), collections=len(names))
-        dump = _Dump(ctx, db, partial, tool)
+        dump = Dump(ctx, db, partial, tool)
         try:
-            entries: dict[str, dict[str, Any]] = {}
+            check_files = params.verify in ("checksums", "restore")
             with ctx.progress_bar("backup", sum(before.values()) or None) as bar:
-                for name in names:
-                    ctx.check_stop()
-                    entry = dump.mongodump(name, bar) if tool else dump.native(name, bar)
-                    entries[name] = entry
-                    ctx.log.info("dumped", collection=name, documents=entry["count"])
-            after = {name: db[name].count_documents({}) for name in names}
+                entries = dump.all(names, bar.advance, params.parallel_collections, check_files)
+            after = self._counts(ctx, db, names)
             changed = [
                 f"{name} (before {before[name]}, dumped {entries[name]['count']}, after {after[name]})"
                 for name in names
@@ -331,10 +203,8 @@ class MongoBackup(Step["MongoBackup.Params"]):
                     "documents changed during the backup: " + ", ".join(changed[:5]) + "; "
                     "something is still writing: stop the application and run the backup again"
                 )
-            if params.verify in ("checksums", "restore"):
-                dump.verify_files(entries)
             if params.verify == "restore":
-                dump.verify_by_restore(db, entries)
+                dump.verify_by_restore(db, entries, params.parallel_collections)
             manifest = self._manifest(db.name, info, tool, params, moment, entries)
             counts = {name: entry["count"] for name, entry in entries.items()}
             write_json(
@@ -366,6 +236,17 @@ class MongoBackup(Step["MongoBackup.Params"]):
             "database": db.name,
             "pruned": pruned,
         }
+
+    @staticmethod
+    def _counts(ctx: StepContext[MongoBackup.Params], db: Database[Any], names: list[str]) -> dict[str, int]:
+        """Exact counts (a full read each on FerretDB), several collections at once."""
+        counts = run_each(
+            names,
+            lambda name, _: int(db[name].count_documents({})),
+            ctx.params.parallel_collections,
+            ctx.check_stop,
+        )
+        return dict(zip(names, counts, strict=True))
 
     @staticmethod
     def _manifest(

@@ -9,12 +9,21 @@ Documents are never decoded: the server's bytes are hashed as they arrive.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import struct
 from collections.abc import Iterator
 from typing import Any
 
+from bson import SON, Int64
 from pymongo.database import Database
+from pymongo.errors import PyMongoError
+
+try:  # pymongo's own fast path for raw batches (private, so looked for, not assumed)
+    from bson._cbson import _array_of_documents_to_buffer
+    from bson.raw_bson import _RAW_ARRAY_BSON_OPTIONS
+except ImportError:  # pragma: no cover - pure-Python bson
+    _array_of_documents_to_buffer = None
 
 # Raw batches are concatenated documents; a larger batch means fewer round trips.
 READ_BATCH_DOCS = 1000
@@ -44,12 +53,39 @@ def count_in_buffer(buffer: bytes | memoryview) -> int:
 
 
 def raw_batches(db: Database[Any], name: str) -> Iterator[bytes]:
-    """The collection's documents as raw BSON batches, in ``_id`` order."""
-    cursor = db[name].find_raw_batches(sort=[("_id", 1)], batch_size=READ_BATCH_DOCS)
-    try:
-        yield from cursor
-    finally:
-        cursor.close()
+    """The collection's documents as raw BSON batches, in ``_id`` order.
+
+    ``find``/``getMore`` are sent as commands whose replies stay undecoded, and each
+    batch's array is turned into concatenated documents by bson's C code: no Python
+    object per document (``find_raw_batches`` makes one per document; bench/:
+    ~1.7 against ~1 µs of client CPU a document).
+    """
+    if _array_of_documents_to_buffer is None:  # pragma: no cover
+        cursor = db[name].find_raw_batches(sort=[("_id", 1)], batch_size=READ_BATCH_DOCS)
+        try:
+            yield from cursor
+        finally:
+            cursor.close()
+        return
+    # One explicit session: a server refuses a getMore from another session than the find's.
+    with db.client.start_session() as session:
+        find = SON([("find", name), ("filter", {}), ("sort", {"_id": 1}), ("batchSize", READ_BATCH_DOCS)])
+        cursor = db.command(find, codec_options=_RAW_ARRAY_BSON_OPTIONS, session=session)["cursor"]
+        # Int64 always: a server refuses a getMore whose id came back small enough for int32.
+        batch, cursor_id = cursor["firstBatch"], Int64(cursor["id"])
+        try:
+            while True:
+                if len(batch) > 5:  # an empty BSON array is 5 bytes
+                    yield _array_of_documents_to_buffer(batch)
+                if not cursor_id:
+                    return
+                more = SON([("getMore", cursor_id), ("collection", name), ("batchSize", READ_BATCH_DOCS)])
+                cursor = db.command(more, codec_options=_RAW_ARRAY_BSON_OPTIONS, session=session)["cursor"]
+                batch, cursor_id = cursor["nextBatch"], Int64(cursor["id"])
+        finally:
+            if cursor_id:
+                with contextlib.suppress(PyMongoError):
+                    db.command("killCursors", name, cursors=[cursor_id], session=session)
 
 
 def collection_digest(db: Database[Any], name: str) -> tuple[int, str]:

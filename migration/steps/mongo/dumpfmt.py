@@ -20,7 +20,9 @@ Manifest (``format: migration-backup/1``)::
 
 ``sha256`` is the SHA-256 of the uncompressed ``.bson`` content; ``checksum`` is the
 collection checksum (see :mod:`checksums`) at backup time. With the native tool
-the file is written in ``_id`` order, so the two are equal. Paths are relative to
+the file is written in ``_id`` order, so the two are equal (and the MD5 of the file is
+what MongoDB's ``dbHash`` answers for the collection: a restore computes it while
+checking the file, where the server has ``dbHash``). Paths are relative to
 the backup folder.
 """
 
@@ -174,11 +176,13 @@ class FileScan:
     count: int
     bytes: int
     sha256: str
+    md5: str | None = None
 
 
-def scan_bson_file(path: Path) -> FileScan:
-    """Count, size and SHA-256 of the (uncompressed) content of a ``.bson`` file."""
+def scan_bson_file(path: Path, md5: bool = False) -> FileScan:
+    """Count, size and SHA-256 (and MD5 if asked) of the uncompressed content of a ``.bson`` file."""
     hasher = hashlib.sha256()
+    md5_hasher = hashlib.md5(usedforsecurity=False) if md5 else None
     count = 0
     size = 0
     pending: list[bytes] = []
@@ -188,12 +192,17 @@ def scan_bson_file(path: Path) -> FileScan:
         if len(pending) == 1024:
             joined = b"".join(pending)
             hasher.update(joined)
+            if md5_hasher is not None:
+                md5_hasher.update(joined)
             size += len(joined)
             count += len(pending)
             pending.clear()
     joined = b"".join(pending)
     hasher.update(joined)
-    return FileScan(count + len(pending), size + len(joined), hasher.hexdigest())
+    if md5_hasher is not None:
+        md5_hasher.update(joined)
+    md5_hex = md5_hasher.hexdigest() if md5_hasher is not None else None
+    return FileScan(count + len(pending), size + len(joined), hasher.hexdigest(), md5_hex)
 
 
 class BsonWriter:
@@ -315,6 +324,9 @@ class DumpedCollection:
     count: int | None = None
     sha256: str | None = None
     checksum: str | None = None
+    # MD5 of the file when it holds the documents in _id order (native backups): what
+    # MongoDB's dbHash answers for the collection. Filled while checking the file.
+    md5: str | None = None
 
 
 @dataclass

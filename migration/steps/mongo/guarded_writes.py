@@ -17,7 +17,7 @@ from typing import Any
 
 from pymongo import UpdateOne
 from pymongo.collection import Collection
-from pymongo.errors import BulkWriteError, OperationFailure
+from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 
 from migration.errors import InvalidDocument
 from migration.steps.mongo.documents import (
@@ -69,20 +69,43 @@ class Outcome:
 
 
 class Planner:
-    """Turns a document into a :class:`Planned`, with a function or with operations."""
+    """Turns a document into a :class:`Planned`, with a function or with operations.
+
+    ``before_batch`` (the function's batch hook, the lookups of the operations) is
+    called with a batch's documents by :meth:`prepare` before they are planned;
+    when it fails (other than a MongoDB error, which fails the step), every
+    document of that batch is an error with its reason.
+    """
 
     def __init__(
         self,
         function: Callable[[dict[str, Any]], Any] | None,
         program: OperationsProgram | None,
         redact: Callable[[str], str],
+        before_batch: Callable[[list[dict[str, Any]]], None] | None = None,
     ) -> None:
         self.function = function
         self.program = program
         self.redact = redact
+        self.before_batch = before_batch
+        self.batch_failure: str | None = None
+
+    def prepare(self, docs: list[dict[str, Any]]) -> None:
+        """Start a batch of ``docs`` (before any of them is planned)."""
+        self.batch_failure = None
+        if self.before_batch is None or not docs:
+            return
+        try:
+            self.before_batch(docs)
+        except PyMongoError:
+            raise
+        except Exception as exc:
+            self.batch_failure = self.redact(f"the batch hook failed: {type(exc).__name__}: {exc}")
 
     def plan(self, doc: dict[str, Any]) -> Planned:
         doc_id = doc["_id"]
+        if self.batch_failure is not None:
+            return Planned(doc_id, doc, "error", self.batch_failure)
         try:
             if self.function is not None:
                 update = self.function(copy_value(doc))

@@ -30,9 +30,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
+from pymongo.database import Database
 
 from migration.steps.base import StepParams
 from migration.steps.callables import check_spec, load_callable
+from migration.steps.mongo.conversions import (
+    CONVERSIONS,
+    ConvertOperation,
+    LowerOperation,
+    ReplaceOperation,
+    TrimOperation,
+    UpperOperation,
+)
 from migration.steps.mongo.documents import (
     MISSING,
     UNADDRESSABLE,
@@ -41,27 +50,11 @@ from migration.steps.mongo.documents import (
     set_path,
     unset_path,
 )
+from migration.steps.mongo.lookups import LookupOperation
+from migration.steps.mongo.operation_base import OperationOutcome, check_field_path
 from migration.steps.mongo.query_filters import compile_regex
 
-KINDS = ("set", "unset", "rename", "split")
-
-
-def check_field_path(path: str) -> str:
-    parts = path.split(".")
-    if not path or any(not p for p in parts) or any(p.startswith("$") for p in parts):
-        raise ValueError(f"bad field path {path!r}")
-    if parts[0] == "_id":
-        raise ValueError("a transform may not change _id")
-    return path
-
-
-class OperationOutcome(Exception):
-    """A document the operations do not transform: ``invalid``, ``error`` or ``skipped``."""
-
-    def __init__(self, status: Literal["invalid", "error", "skipped"], reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
+KINDS = ("set", "unset", "rename", "split", "convert", "lower", "upper", "trim", "replace", "lookup")
 
 
 class Classifier(StepParams):
@@ -102,6 +95,20 @@ class SplitSpec(StepParams):
 
 
 class SetOperation(StepParams):
+    """Give fields a value: ``{path: value, ...}``.
+
+    A dotted path reaches into embedded documents and creates the missing ones, as
+    MongoDB's ``$set`` does; setting a field inside a value that is not a document
+    (``address.city`` when ``address`` is a string) is an error for that document.
+    Values are written as given (a template in them renders before the step runs).
+
+    Example:
+        ```yaml
+        operations:
+          - set: {schema_version: 2, "address.country": DE, legacy: null}
+        ```
+    """
+
     set: dict[str, Any] = Field(min_length=1)
 
     @field_validator("set")
@@ -113,6 +120,15 @@ class SetOperation(StepParams):
 
 
 class UnsetOperation(StepParams):
+    """Remove fields: ``[path, ...]``; a field already absent is no change.
+
+    Example:
+        ```yaml
+        operations:
+          - unset: [legacy_flag, "address.fax"]
+        ```
+    """
+
     unset: list[str] = Field(min_length=1)
 
     @field_validator("unset")
@@ -124,6 +140,18 @@ class UnsetOperation(StepParams):
 
 
 class RenameOperation(StepParams):
+    """Move fields: ``{old path: new path, ...}``, in the order given.
+
+    The value moves as it is, replacing whatever the new path held; a document
+    without the old field is left as it is for that pair.
+
+    Example:
+        ```yaml
+        operations:
+          - rename: {bank: bank_name, "contact.tel": "contact.phone"}
+        ```
+    """
+
     rename: dict[str, str] = Field(min_length=1)
 
     @field_validator("rename")
@@ -138,6 +166,32 @@ class RenameOperation(StepParams):
 
 
 class SplitOperation(StepParams):
+    """Move one field's value into the first of several fields whose classifier accepts it.
+
+    ``field`` is the source; ``into`` maps each target field to a classifier,
+    tried in order: ``{regex: "..."}`` (with optional ``options`` such as ``i``;
+    it matches anywhere, MongoDB ``$regex`` semantics: anchor it with ``^...$``) or
+    ``{function: "module:function"}`` (gets the value, returns true or false;
+    raising ValueError counts as false). The chosen target gets the value, the
+    other targets null; a null, empty or blank value sets every target to null; a
+    document without ``field`` is left alone. ``remove_source`` (default true)
+    removes ``field``. A value no classifier accepts makes the document
+    ``unmatched``: ``invalid`` (default: left as it is, counted and logged),
+    ``error`` (counts against ``max_errors``) or ``skip``.
+
+    Example:
+        ```yaml
+        operations:
+          - split:
+              field: swift_bic_iban
+              into:
+                iban_number: {regex: "^[A-Z]{2}[0-9]{2}[A-Z0-9]{11,30}$"}
+                swift_bic_number: {function: "migration.recipes.bank_details:is_valid_bic"}
+              remove_source: true
+              unmatched: invalid
+        ```
+    """
+
     split: SplitSpec
 
 
@@ -155,11 +209,17 @@ Operation = Annotated[
     Annotated[SetOperation, Tag("set")]
     | Annotated[UnsetOperation, Tag("unset")]
     | Annotated[RenameOperation, Tag("rename")]
-    | Annotated[SplitOperation, Tag("split")],
+    | Annotated[SplitOperation, Tag("split")]
+    | Annotated[ConvertOperation, Tag("convert")]
+    | Annotated[LowerOperation, Tag("lower")]
+    | Annotated[UpperOperation, Tag("upper")]
+    | Annotated[TrimOperation, Tag("trim")]
+    | Annotated[ReplaceOperation, Tag("replace")]
+    | Annotated[LookupOperation, Tag("lookup")],
     Discriminator(
         _kind,
         custom_error_type="operation",
-        custom_error_message="each operation has exactly one key: set, unset, rename or split",
+        custom_error_message="each operation has exactly one key: " + ", ".join(KINDS),
     ),
 ]
 
@@ -169,21 +229,47 @@ def _is_blank(value: Any) -> bool:
 
 
 class OperationsProgram:
-    """Compiled operations: classifiers imported once, regexes compiled once."""
+    """Compiled operations: classifiers imported once, regexes compiled once.
 
-    def __init__(self, operations: list[Any], workdir: Path, env: Mapping[str, str]) -> None:
+    ``db`` is the step's database, which ``lookup`` reads; :meth:`prepare` reads
+    what a batch's lookups need before its documents are applied.
+    """
+
+    def __init__(
+        self,
+        operations: list[Any],
+        workdir: Path,
+        env: Mapping[str, str],
+        db: Database[Any] | None = None,
+    ) -> None:
         self.operations = operations
+        self.db = db
+        self.looked_up: dict[int, dict[str, Any]] = {}
         self.classifiers: dict[tuple[int, str], Callable[[Any], bool]] = {}
         for index, operation in enumerate(operations):
             if isinstance(operation, SplitOperation):
                 for target, spec in operation.split.into.items():
                     self.classifiers[(index, target)] = _compile_classifier(spec, workdir, env)
 
+    @property
+    def needs_batches(self) -> bool:
+        return any(isinstance(operation, LookupOperation) for operation in self.operations)
+
+    def prepare(self, docs: list[dict[str, Any]]) -> None:
+        """Read what the lookups of this batch need (one query per lookup); forget the last batch's."""
+        self.looked_up = {}
+        for index, operation in enumerate(self.operations):
+            if isinstance(operation, LookupOperation):
+                if self.db is None:
+                    raise RuntimeError("lookup needs the step's database")
+                self.looked_up[index] = operation.fetch(self.db, docs)
+
     def apply(self, doc: dict[str, Any]) -> dict[str, Any]:
         """The document after every operation.
 
         Raises:
-            OperationOutcome: a split value no classifier accepts (per ``unmatched``).
+            OperationOutcome: a split value no classifier accepts (per ``unmatched``), a
+                value a conversion cannot take, a reference a lookup does not find.
         """
         after = copy_value(doc)
         for index, operation in enumerate(self.operations):
@@ -198,8 +284,14 @@ class OperationsProgram:
                     moved = unset_path(after, old)
                     if moved is not MISSING:
                         set_path(after, new, moved)
-            else:
+            elif isinstance(operation, SplitOperation):
                 self._split(index, operation.split, after)
+            elif isinstance(operation, LookupOperation):
+                if index not in self.looked_up:
+                    self.prepare([doc])  # a single document, as the dry run's samples are
+                operation.apply(after, self.looked_up[index], doc)
+            else:
+                operation.apply(after)
         return after
 
     def _split(self, index: int, spec: SplitSpec, doc: dict[str, Any]) -> None:
@@ -255,6 +347,8 @@ def describe(operations: list[Any]) -> str:
             lines.append("unset " + ", ".join(operation.unset))
         elif isinstance(operation, RenameOperation):
             lines.append("rename " + ", ".join(f"{k} -> {v}" for k, v in operation.rename.items()))
+        elif isinstance(operation, (*CONVERSIONS, LookupOperation)):
+            lines.append(operation.describe())
         else:
             spec = operation.split
             lines.append(

@@ -32,10 +32,6 @@ class MongoPreflight(Step["MongoPreflight.Params"]):
     less than ``disk_factor`` times the data size, naming both figures. A dry run
     reads the same figures and reports a shortfall as a warning.
 
-    Outputs: ``version``, ``topology``, ``collections`` (name -> ``{count, bytes}``),
-    ``data_bytes``, ``free_bytes`` (``null`` without ``backup_path``),
-    ``needed_bytes``, ``database``, ``ferretdb``.
-
     Example:
         ```yaml
         - id: preflight
@@ -49,6 +45,17 @@ class MongoPreflight(Step["MongoPreflight.Params"]):
 
     name = "mongo.preflight"
     outside_effects = False
+    outputs = {
+        "version": "server version",
+        "topology": "standalone, replica set <name> or sharded",
+        "collections": "collection name -> {count, bytes}",
+        "data_bytes": "data size of all collections",
+        "free_bytes": "free disk at backup_path (null without it)",
+        "needed_bytes": "disk_factor x data_bytes",
+        "database": "database name",
+        "ferretdb": "true on FerretDB",
+        "measured_at": "the folder where free disk was measured (with backup_path)",
+    }
 
     class Params(StepParams):
         uri: str = Field(description="connection string naming the database")

@@ -5,216 +5,30 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal
 
-from bson import SON
-from bson.raw_bson import RawBSONDocument
 from pydantic import Field
 from pymongo import uri_parser
-from pymongo.database import Database
-from pymongo.errors import OperationFailure, PyMongoError
+from pymongo.errors import PyMongoError
 
 from migration.errors import Interrupted, StepError
 from migration.steps.base import Step, StepContext, StepParams
-from migration.steps.mongo.checksums import collection_digest
-from migration.steps.mongo.common import ServerKind, connect, database_name, detect_server
-from migration.steps.mongo.dumpfmt import (
-    DumpedCollection,
-    DumpError,
-    DumpSource,
-    iter_documents,
-    locate_dump,
-    read_metadata,
-    scan_bson_file,
+from migration.steps.mongo.common import connect, database_name, detect_server
+from migration.steps.mongo.dumpfmt import DumpedCollection, DumpError, DumpSource, locate_dump
+from migration.steps.mongo.parallel import DEFAULT_PARALLEL_COLLECTIONS, Workers, run_each
+from migration.steps.mongo.restore_data import (
+    INSERT_BATCH_DOCS as INSERT_BATCH_DOCS,
+)
+from migration.steps.mongo.restore_data import (
+    check_files,
+    has_dbhash,
+    restore_native,
+    select,
+    verify_collection,
+)
+from migration.steps.mongo.restore_data import (
+    verify_restored as verify_restored,
 )
 from migration.steps.mongo.tools import find_tool, run_tool
 from migration.steps.registry import register
-
-INSERT_BATCH_DOCS = 1000
-INSERT_BATCH_BYTES = 8_000_000
-# Index options FerretDB 1.x implements; others are dropped there, with a warning.
-# Other servers get the specs as the dump has them (as mongorestore sends them).
-FERRETDB_INDEX_OPTIONS = {"key", "name", "unique", "sparse"}
-# FerretDB: 238 NotImplemented; 27 is what it answers for text/hashed/2dsphere keys.
-FERRETDB_UNSUPPORTED_CODES = {238, 27, 115}
-
-
-def select(source: DumpSource, wanted: list[str] | None) -> list[DumpedCollection]:
-    """The dump's collections to restore (all, or the named subset), sorted by name."""
-    if wanted is None:
-        return [source.collections[name] for name in sorted(source.collections)]
-    missing = [name for name in wanted if name not in source.collections]
-    if missing:
-        raise DumpError(f"collections not in the dump: {', '.join(missing)}")
-    return [source.collections[name] for name in sorted(set(wanted))]
-
-
-def check_files(
-    source: DumpSource,
-    chosen: list[DumpedCollection],
-    advance: Callable[[int], None] = lambda n: None,
-) -> dict[str, int]:
-    """Read every chosen file whole: framing, counts and SHA-256 against the manifest.
-
-    Returns counts from the files; raises DumpError listing what is off. Plain
-    mongodump folders have nothing to compare with: their files are only read.
-    """
-    problems: list[str] = []
-    counts: dict[str, int] = {}
-    for dumped in chosen:
-        if not dumped.bson.is_file():
-            problems.append(f"{dumped.bson.name} is missing")
-            continue
-        if dumped.metadata is not None:
-            if not dumped.metadata.is_file():
-                problems.append(f"{dumped.metadata.name} is missing")
-            else:
-                try:
-                    read_metadata(dumped.metadata)
-                except DumpError as exc:
-                    problems.append(str(exc))
-        try:
-            scan = scan_bson_file(dumped.bson)
-        except (DumpError, OSError) as exc:
-            problems.append(str(exc))
-            continue
-        counts[dumped.name] = scan.count
-        advance(scan.count)
-        if dumped.count is not None and scan.count != dumped.count:
-            problems.append(
-                f"{dumped.bson.name} holds {scan.count} documents, the manifest says {dumped.count}"
-            )
-        elif dumped.sha256 is not None and scan.sha256 != dumped.sha256:
-            problems.append(f"{dumped.bson.name} does not match its checksum in the manifest")
-    if problems:
-        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise DumpError("; ".join(problems[:3]) + more)
-    return counts
-
-
-def _index_specs(
-    metadata: dict[str, Any], server: ServerKind, warn: Callable[[str], None], collection: str
-) -> list[dict[str, Any]]:
-    specs = []
-    for index in metadata.get("indexes", []):
-        if index.get("name") == "_id_":
-            continue
-        spec = {k: v for k, v in index.items() if k not in ("v", "ns", "background")}
-        if server.ferretdb1:
-            dropped = sorted(set(spec) - FERRETDB_INDEX_OPTIONS)
-            if dropped:
-                warn(
-                    f"index {collection}.{spec.get('name')}: FerretDB does not support "
-                    f"{', '.join(dropped)}; created without (FerretDB 1.x workaround, {server.name})"
-                )
-                spec = {k: v for k, v in spec.items() if k in FERRETDB_INDEX_OPTIONS}
-        specs.append(spec)
-    return specs
-
-
-def create_indexes(
-    db: Database[Any],
-    name: str,
-    metadata: dict[str, Any],
-    server: ServerKind,
-    warn: Callable[[str], None],
-) -> list[str]:
-    """Recreate the indexes recorded in a metadata file (not ``_id_``); return their names."""
-    created = []
-    for spec in _index_specs(metadata, server, warn, name):
-        try:
-            db.command(SON([("createIndexes", name), ("indexes", [spec])]))
-        except OperationFailure as exc:
-            if server.ferretdb and exc.code in FERRETDB_UNSUPPORTED_CODES:
-                limit = f"{exc.code}, {server.name}"
-                warn(f"index {name}.{spec.get('name')} not created: FerretDB cannot ({limit})")
-                continue
-            raise
-        created.append(str(spec.get("name")))
-    return created
-
-
-def _create_collection(
-    db: Database[Any], name: str, options: dict[str, Any], warn: Callable[[str], None]
-) -> None:
-    if name in db.list_collection_names(filter={"name": name}):
-        return
-    try:
-        db.create_collection(name, **options)
-    except OperationFailure as exc:
-        if not options:
-            raise
-        warn(f"collection {name}: options {sorted(options)} refused ({exc.code}); created plain")
-        db.create_collection(name)
-
-
-def restore_native(
-    db: Database[Any],
-    dumped: DumpedCollection,
-    server: ServerKind,
-    warn: Callable[[str], None],
-    advance: Callable[[int], None],
-    check_stop: Callable[[], None],
-) -> tuple[int, list[str]]:
-    """Insert a collection's raw documents in batches, then its indexes.
-
-    The collection must be absent or empty. Returns (documents inserted, indexes made).
-    On FerretDB 1.x an insert command carries at most
-    :data:`~migration.steps.mongo.common.FERRETDB1_STATEMENTS_PER_COMMAND` documents.
-    """
-    batch_docs = min(INSERT_BATCH_DOCS, server.statements_per_command or INSERT_BATCH_DOCS)
-    metadata = read_metadata(dumped.metadata) if dumped.metadata else {}
-    options = metadata.get("options") or {}
-    _create_collection(db, dumped.name, dict(options), warn)
-    collection = db[dumped.name]
-    inserted = 0
-    batch: list[RawBSONDocument] = []
-    batch_bytes = 0
-
-    def flush() -> None:
-        nonlocal inserted, batch, batch_bytes
-        if batch:
-            collection.insert_many(batch, ordered=True)
-            inserted += len(batch)
-            advance(len(batch))
-            batch = []
-            batch_bytes = 0
-            check_stop()
-
-    for document in iter_documents(dumped.bson):
-        batch.append(RawBSONDocument(document))
-        batch_bytes += len(document)
-        if len(batch) >= batch_docs or batch_bytes >= INSERT_BATCH_BYTES:
-            flush()
-    flush()
-    return inserted, create_indexes(db, dumped.name, metadata, server, warn)
-
-
-def verify_restored(
-    db: Database[Any], chosen: list[DumpedCollection], file_counts: dict[str, int]
-) -> tuple[str, dict[str, int], list[str]]:
-    """Compare restored collections with the dump: counts always, checksums when known.
-
-    Returns (``counts+checksums`` or ``counts``, counts found, problems).
-    """
-    verified, found, problems = _verify_each(db, chosen, file_counts)
-    return verified, found, list(problems.values())
-
-
-def _verify_each(
-    db: Database[Any], chosen: list[DumpedCollection], file_counts: dict[str, int]
-) -> tuple[str, dict[str, int], dict[str, str]]:
-    """:func:`verify_restored`, with the problems by collection name."""
-    problems: dict[str, str] = {}
-    found: dict[str, int] = {}
-    with_checksums = all(d.checksum is not None for d in chosen)
-    for dumped in chosen:
-        count, checksum = collection_digest(db, dumped.name)
-        found[dumped.name] = count
-        expected = dumped.count if dumped.count is not None else file_counts[dumped.name]
-        if count != expected:
-            problems[dumped.name] = f"{dumped.name} has {count} documents, the dump {expected}"
-        elif dumped.checksum is not None and checksum != dumped.checksum:
-            problems[dumped.name] = f"{dumped.name} differs from the backup (checksum mismatch)"
-    return ("counts+checksums" if with_checksums else "counts"), found, problems
 
 
 def _target(uri: str, database: str) -> str:
@@ -245,14 +59,22 @@ class MongoRestore(Step["MongoRestore.Params"]):
     collections are replaced and all others are left alone (listed in
     ``left_alone``). Documents are inserted as raw BSON in batches, indexes rebuilt
     from the metadata, then every restored collection is compared with the manifest
-    (counts, and checksums over the documents in ``_id`` order). Interrupted (a
-    crash, a kill, the server going away) it resumes collection by collection: what
-    an earlier attempt restored whole is kept, a half-restored collection is redone,
-    and collections it wrote itself are never refused as "already holding data".
+    (``verify: checksums``, the default: checksums over the documents in ``_id``
+    order, by the server's ``dbHash`` where it has one, else by reading it back;
+    ``verify: counts``: counts only). ``parallel_collections`` (default 4, as
+    mongorestore) collections are restored at once, each verified as soon as it is
+    in, while the others are still being restored; ``insertion_workers`` threads
+    insert into one collection (mongorestore's ``--numInsertionWorkersPerCollection``).
+    Interrupted (a crash, a kill, the server going away) it resumes collection by
+    collection: what an earlier attempt restored whole is kept, the collections it
+    had half-restored (every one in flight) are redone, and collections it wrote
+    itself are never refused as "already holding data".
 
     Outputs: ``restored`` (collection name -> documents), ``total``, ``verified``
-    (``counts+checksums``, or ``counts`` for a dump without manifest), ``dropped``,
-    ``left_alone``, ``indexes`` (name -> index names made), ``warnings``.
+    (``counts+checksums``, or ``counts`` for a dump without manifest or with
+    ``verify: counts``), ``verified_by`` (name -> ``dbHash``, ``read-back`` or
+    ``count``), ``dropped``, ``left_alone``, ``indexes`` (name -> index names made),
+    ``warnings``.
 
     Example:
         ```yaml
@@ -269,6 +91,17 @@ class MongoRestore(Step["MongoRestore.Params"]):
     name = "mongo.restore"
     outside_effects = False
     undo_verb = "restore"
+    outputs = {
+        "restored": "collection name -> documents",
+        "total": "documents restored",
+        "verified": "counts+checksums, counts (a dump without manifest or verify: counts), failed or none",
+        "verified_by": "collection name -> how it was verified: dbHash, read-back or count",
+        "dropped": "collections replaced",
+        "left_alone": "collections of the database not in the dump, left as they were",
+        "indexes": "collection name -> index names made",
+        "database": "database name",
+        "warnings": "what the operator should know (e.g. no checksums)",
+    }
 
     class Params(StepParams):
         uri: str = Field(description="connection string naming the database to restore into")
@@ -278,6 +111,24 @@ class MongoRestore(Step["MongoRestore.Params"]):
         collections: list[str] | None = Field(default=None, description="restore only these")
         allow_other_database: bool = Field(
             default=False, description="restore a dump taken of a database with another name"
+        )
+        verify: Literal["checksums", "counts"] = Field(
+            default="checksums",
+            description="checksums: prove every document is the dump's (dbHash where the server "
+            "has it, else a read-back); counts: one count per collection",
+        )
+        parallel_collections: int = Field(
+            default=DEFAULT_PARALLEL_COLLECTIONS,
+            ge=1,
+            le=64,
+            description="collections restored at once (mongorestore --numParallelCollections)",
+        )
+        insertion_workers: int = Field(
+            default=1,
+            ge=1,
+            le=64,
+            description="threads inserting into one collection "
+            "(mongorestore --numInsertionWorkersPerCollection)",
         )
 
     def _prepare(
@@ -367,67 +218,101 @@ class MongoRestore(Step["MongoRestore.Params"]):
                 ctx.log.info("restore resumed", kept=sorted(done), redone=sorted(partial))
             restored: dict[str, int] = {n: file_counts[n] for n in sorted(done)}
 
-            def record(current: str) -> None:
+            in_flight: set[str] = set()  # being restored now, by this attempt
+            verified_by: dict[str, str] = {}
+            found: dict[str, int] = {}
+            mismatched: dict[str, str] = {}
+            dbhash = params.verify == "checksums" and has_dbhash(db)
+
+            def record() -> None:
+                # ``current``: one collection in flight (the first), ``partial``: the others
+                # in flight and those earlier attempts left half-written. A resume treats
+                # both as its own, half-restored, to redo.
+                current = min(in_flight) if in_flight else ""
                 ctx.progress(
                     source=str(source.folder),
                     target=target,
                     done=sorted(restored),
                     current=current,
-                    partial=sorted(partial),
+                    partial=sorted((partial | in_flight) - {current}),
                     indexes=indexes,
                     dropped=dropped,
                 )
 
-            current = ""
+            def restore_one(
+                dumped: DumpedCollection, shared: Workers, advance: Callable[[int], None]
+            ) -> None:
+                name = dumped.name
+                made: list[str] = []
+                if name not in done:
+                    with shared.lock:
+                        shared.check()
+                        in_flight.add(name)
+                        partial.discard(name)
+                        replace = name in existing and (params.drop or name in ours)
+                        if replace and name not in ours and name not in dropped:
+                            dropped.append(name)  # data from before the restore (drop: true)
+                        record()  # durable before the collection is touched
+                    if replace:
+                        db.drop_collection(name)
+                    if tool:
+                        argv = [tool, f"--uri={params.uri}", f"--collection={name}"]
+                        argv += ["--gzip"] if dumped.bson.name.endswith(".gz") else []
+                        run_tool(ctx, [*argv, str(dumped.bson)], f"mongorestore {name}")
+                        count = file_counts[name]
+                        advance(count)
+                    else:
+                        batch = INSERT_BATCH_DOCS
+                        workers = params.insertion_workers
+                        count, made = restore_native(
+                            db, dumped, server, warn, advance, shared, batch, workers
+                        )
+                    ctx.log.info("restored", collection=name, documents=count)
+                else:
+                    count = file_counts[name]
+                    advance(count)  # restored whole by an earlier attempt
+                # The read-back of this collection overlaps the restore of the others.
+                seen, problem, how = verify_collection(db, dumped, file_counts, params.verify, dbhash)
+                with shared.lock:
+                    found[name] = seen
+                    verified_by[name] = how
+                    if name not in done:
+                        in_flight.discard(name)
+                        if not tool:
+                            indexes[name] = made
+                    if problem:
+                        mismatched[name] = problem
+                        restored.pop(name, None)
+                    else:
+                        restored[name] = count
+
             try:
                 with ctx.progress_bar("restoring", sum(file_counts.values()) or None) as bar:
-                    for dumped in chosen:
-                        ctx.check_stop()
-                        if dumped.name in done:
-                            bar.advance(file_counts[dumped.name])  # restored whole by an earlier attempt
-                            continue
-                        current = dumped.name
-                        partial.discard(current)
-                        replace = dumped.name in existing and (params.drop or dumped.name in ours)
-                        if replace and dumped.name not in ours and dumped.name not in dropped:
-                            dropped.append(dumped.name)  # data from before the restore (drop: true)
-                        record(current)  # durable before the collection is touched
-                        if replace:
-                            db.drop_collection(dumped.name)
-                        if params.tool == "mongorestore":
-                            argv = [tool, f"--uri={params.uri}", f"--collection={dumped.name}"]
-                            argv += ["--gzip"] if dumped.bson.name.endswith(".gz") else []
-                            run_tool(ctx, [*argv, str(dumped.bson)], f"mongorestore {dumped.name}")
-                            restored[dumped.name] = file_counts[dumped.name]
-                            bar.advance(file_counts[dumped.name])
-                        else:
-                            count, made = restore_native(
-                                db, dumped, server, warn, bar.advance, ctx.check_stop
-                            )
-                            restored[dumped.name] = count
-                            indexes[dumped.name] = made
-                        ctx.log.info("restored", collection=dumped.name, documents=restored[dumped.name])
-                current = ""
+                    run_each(
+                        chosen,
+                        lambda dumped, shared: restore_one(dumped, shared, shared.locked(bar.advance)),
+                        params.parallel_collections,
+                        ctx.check_stop,
+                    )
             except (PyMongoError, OSError, DumpError, StepError) as exc:
-                raise self._half_done(ctx, exc, restored, current, chosen) from exc
+                raise self._half_done(ctx, exc, restored, sorted(in_flight), chosen) from exc
             except Interrupted as exc:
-                half_done = self._half_done(ctx, exc, restored, current, chosen)
+                half_done = self._half_done(ctx, exc, restored, sorted(in_flight), chosen)
                 ctx.log.warning("restore interrupted", state=str(half_done))
                 raise
-            record("")
-            with ctx.progress_bar("verifying", len(chosen)):
-                verified, found, mismatched = _verify_each(db, chosen, file_counts)
-            problems = list(mismatched.values())
-            if mismatched:
-                # No longer vouched for (written to since?): a later attempt must not take
-                # them for its own. Without drop it refuses them; with drop it replaces them.
-                for name in mismatched:
-                    restored.pop(name, None)
-                record("")
+            # No longer vouched for (written to since?): a later attempt must not take
+            # mismatched collections for its own. Without drop it refuses them; with drop
+            # it replaces them.
+            record()
+            problems = [mismatched[d.name] for d in chosen if d.name in mismatched]
+            with_checksums = params.verify == "checksums" and all(d.checksum is not None for d in chosen)
+            verified = "counts+checksums" if with_checksums else "counts"
+            found = {d.name: found[d.name] for d in chosen}
             outputs: dict[str, Any] = {
                 "restored": found,
                 "total": sum(found.values()),
                 "verified": verified,
+                "verified_by": dict(sorted(verified_by.items())),
                 "dropped": sorted(dropped),
                 "left_alone": left_alone,
                 "indexes": indexes,
@@ -449,23 +334,27 @@ class MongoRestore(Step["MongoRestore.Params"]):
         ctx: StepContext[Any],
         exc: Exception,
         restored: dict[str, int],
-        current: str,
+        in_flight: list[str],
         chosen: list[DumpedCollection],
     ) -> StepError:
-        todo = [d.name for d in chosen if d.name not in restored and d.name != current]
-        parts = [f"restore failed at collection {current}: {ctx.redact(str(exc))}"]
-        parts.append(f"restored: {', '.join(restored) or 'none'}")
-        parts.append(f"{current} is half-restored")
+        todo = [d.name for d in chosen if d.name not in restored and d.name not in in_flight]
+        where = ", ".join(in_flight) or "its start"
+        parts = [f"restore failed at collection {where}: {ctx.redact(str(exc))}"]
+        parts.append(f"restored: {', '.join(sorted(restored)) or 'none'}")
+        if in_flight:
+            parts.append(f"{', '.join(in_flight)} {'is' if len(in_flight) == 1 else 'are'} half-restored")
         if todo:
             parts.append(f"not restored yet: {', '.join(todo)}")
         parts.append(
             "run the restore again: it keeps the collections it restored and restores the others "
-            "(the half-restored one anew)"
+            "(the half-restored ones anew)"
         )
         return StepError("; ".join(parts), outputs={"restored": restored, "verified": "none"})
 
     def preview(self, ctx: StepContext[MongoRestore.Params]) -> str:
         params = ctx.params
+        if "<steps." in params.from_:  # a backup this run takes first: the dry run names it
+            return f"would restore from {params.from_} into {database_name(params.uri)}"
         folder = ctx.path(params.from_)
         if not folder.exists():
             return f"would restore from {folder} (not there yet) into {database_name(params.uri)}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +15,12 @@ from pymongo.errors import PyMongoError
 from migration import mdtext
 from migration.errors import InvalidDocument, StepError
 from migration.steps.base import Preview, Step, StepContext, StepParams
-from migration.steps.callables import check_spec, load_callable
-from migration.steps.mongo import transform_report
+from migration.steps.callables import check_spec
+from migration.steps.mongo import pipeline, transform_report
 from migration.steps.mongo.common import connect, detect_server
 from migration.steps.mongo.documents import MISSING, decode_id, encode_id, get_path, show_id, to_json
-from migration.steps.mongo.guarded_writes import GuardedWriter, Planned, Planner
-from migration.steps.mongo.operations import Operation, OperationsProgram, describe
+from migration.steps.mongo.guarded_writes import GuardedWriter, Planned
+from migration.steps.mongo.operations import Operation, describe
 from migration.steps.mongo.partitions import (
     PartitionRecord,
     Unsplittable,
@@ -36,6 +37,7 @@ from migration.steps.mongo.transform_batches import (
     resume_query,
     zero_counters,
 )
+from migration.steps.mongo.transform_context import make_planner
 from migration.steps.mongo.transform_workers import PartitionedRun, WorkerSpec
 from migration.steps.registry import register
 
@@ -50,9 +52,9 @@ class MongoTransform(Step["MongoTransform.Params"]):
     A ``function`` (``module:function``, imported with the working directory and
     ``PYTHONPATH`` on ``sys.path``) gets each document and returns update
     operators (``$set``, ``$unset``, ``$rename``) or None to skip it; raising
-    ``InvalidDocument`` marks it invalid (left as it is), any other exception is
-    an error. Or declarative ``operations`` (``set``, ``unset``, ``rename``,
-    ``split``; see ``migration.steps.mongo.operations``). Each batch is written
+    ``migration.errors.InvalidDocument`` marks it invalid (left as it is), any other
+    exception is an error. Or declarative ``operations`` (``set``, ``unset``, ``rename``,
+    ``split``; each described below). Each batch is written
     with unordered ``bulk_write`` of updates guarded by the values read
     (``{_id, field: value read}``, ``{$exists: false}`` for an absent field;
     embedded documents and arrays are not guarded, the ``_id`` and the scalar
@@ -82,6 +84,21 @@ class MongoTransform(Step["MongoTransform.Params"]):
     transform does (20: fewer per command each) and every range query reads the
     whole collection there, so workers help on servers that index ``_id`` ranges.
 
+    A function that declares a second parameter (``def f(doc, ctx)`` or
+    ``def f(doc, ctx=None)``) is called ``f(doc, ctx)``: ``ctx.args`` is the
+    step's rendered ``args``, ``ctx.db`` the step's database (its own connection),
+    ``ctx.log`` the run's logger, ``ctx.batch`` what the function's optional
+    ``prepare_batch(docs, ctx)`` hook (``f.prepare_batch = hook``) fetched for the
+    current batch in one query; each worker builds its own. Operations also
+    convert values (``convert`` to date, int, float, number or string; ``lower``,
+    ``upper``, ``trim``, ``replace``) and copy a field from another collection
+    (``lookup``, one ``$in`` query per batch); a value they cannot convert leaves
+    its document as it is, counted ``invalid`` and logged. Operations that need no
+    Python (``set``, ``unset``, ``lower``, ``upper``, ``trim``) run on the server
+    as ``update_many`` with an update pipeline, chunk by chunk of ``_id``, where
+    it has them (MongoDB 4.2+, FerretDB 2; probed): the dry run says which path
+    and why.
+
     Outputs: ``total``, ``migrated``, ``skipped``, ``invalid``, ``errors``,
     ``conflicts``, ``log`` (path of the per-record log).
 
@@ -101,6 +118,15 @@ class MongoTransform(Step["MongoTransform.Params"]):
     name = "mongo.transform"
     outside_effects = False
     writes_folders = ("log_dir",)
+    outputs = {
+        "total": "documents read",
+        "migrated": "documents updated (or found already in their after-state)",
+        "skipped": "documents left alone (the function returned None)",
+        "invalid": "documents marked invalid, left as they were",
+        "errors": "documents that failed",
+        "conflicts": "documents changed by someone else meanwhile, not overwritten",
+        "log": "path of the per-record log (migration-log-<ts>.json)",
+    }
 
     class Params(StepParams):
         uri: str = Field(description="connection string naming the database")
@@ -120,6 +146,9 @@ class MongoTransform(Step["MongoTransform.Params"]):
         log_dir: str = Field(default="backups", description="folder of migration-log-<ts>.json")
         workers: int = Field(
             default=1, ge=1, le=64, description="worker processes, each transforming an _id range"
+        )
+        args: dict[str, Any] = Field(
+            default_factory=dict, description="given to a function that takes ctx, as ctx.args"
         )
 
         @field_validator("function")
@@ -181,14 +210,16 @@ class _Run:
         self.db = db
         self.collection = self._existing_collection()
         check_filter_on_server(self.collection, self.params.filter, "filter")
-        function = None
-        program = None
-        if self.params.function is not None:
-            function = load_callable(self.params.function, ctx.workdir, ctx.env)
-        else:
-            assert self.params.operations is not None
-            program = OperationsProgram(self.params.operations, ctx.workdir, ctx.env)
-        self.planner = Planner(function, program, ctx.redact)
+        self.planner = make_planner(
+            self.params.function,
+            self.params.operations,
+            workdir=ctx.workdir,
+            env=ctx.env,
+            redact=ctx.redact,
+            db=db,
+            args=self.params.args,
+            log=ctx.log,
+        )
 
     def _existing_collection(self) -> Collection[Any]:
         name = self.params.collection
@@ -223,6 +254,12 @@ class _Run:
         ferretdb = server.ferretdb1
         saved = self.ctx.resume or {}
         ours = saved.get("collection") in (None, self.params.collection)
+        if not (ours and "counters" in saved) or saved.get("mode") == "server":
+            path = pipeline.choose(self.collection, self.params.operations)
+            if isinstance(path, pipeline.ServerPlan):
+                return pipeline.execute(self.ctx, self.collection, path, saved if ours else {})
+            if self.params.operations is not None:
+                self.ctx.log.info("transform runs client-side", reason=path)
         if ours and saved.get("partitions"):
             resumed = self._partitioned(saved, ferretdb)
             assert resumed is not None
@@ -319,6 +356,7 @@ class _Run:
             redact=ctx.redact,
             ferretdb=ferretdb,
             workers=params.workers,
+            args=params.args,
         )
         with ctx.progress_bar(f"transform {params.collection}", remaining) as bar:
             run = PartitionedRun(spec, records, log, save, ctx.check_stop, ctx.log, bar.advance)
@@ -351,6 +389,7 @@ class _Run:
             + f" with {mode}, in batches of {params.batch_size}, guarded updates"
             + (f", by {params.workers} workers over _id ranges;" if params.workers > 1 else ";")
             + f" log to {self.ctx.path(params.log_dir)}/migration-log-<timestamp>.json",
+            pipeline.path_line(pipeline.choose(self.collection, params.operations)),
         ]
         if count == 0 or params.sample == 0:
             return "\n".join(lines)
@@ -358,8 +397,7 @@ class _Run:
         tally = dict.fromkeys(("write", "skipped", "invalid", "error"), 0)
         samples: list[Planned] = []
         limit = max(200, params.sample * 20)
-        for doc in self.collection.find(query, sort=[("_id", 1)], batch_size=min(limit, 1000)):
-            item = self.planner.plan(doc)
+        for item in self._planned_in_batches(query, limit):
             scanned += 1
             tally[item.status] += 1
             if item.status != "skipped" and len(samples) < params.sample:
@@ -377,6 +415,31 @@ class _Run:
             why = f"{tally['error']} errors in the first {scanned} documents, max_errors {params.max_errors}"
             return Preview("\n".join(lines), problems=[f"{why}: the run would fail"])
         return "\n".join(lines)
+
+    def _planned_in_batches(self, query: dict[str, Any], limit: int) -> Iterator[Planned]:
+        """The first ``limit`` matching documents planned batch by batch, as the run plans them
+        (a batch hook or a lookup sees the same batches)."""
+        cursor = self.collection.find(query, sort=[("_id", 1)], batch_size=min(limit, 1000), limit=limit)
+        batch: list[dict[str, Any]] = []
+        for doc in cursor:
+            batch.append(doc)
+            if len(batch) == self.params.batch_size:
+                yield from self._planned(batch)
+                batch = []
+        yield from self._planned(batch)
+
+    def _planned(self, batch: list[dict[str, Any]]) -> Iterator[Planned]:
+        self.planner.prepare(batch)
+        for doc in batch:
+            yield self.planner.plan(doc)
+
+
+def _path_line(path: pipeline.ServerPlan | str) -> str:
+    if isinstance(path, pipeline.ServerPlan):
+        return (
+            "path: server-side (update_many with an update pipeline per chunk of _ids; the server has them)"
+        )
+    return f"path: client-side batches ({path})"
 
 
 def _shown(value: Any) -> str:

@@ -208,6 +208,7 @@ class BatchLoop:
         """Plan a batch; stop at the document whose error exceeds ``max_errors``."""
         planned: list[Planned] = []
         errors = counters["errors"]
+        self.planner.prepare([read.doc for read in batch])
         for read in batch:
             item = self.planner.plan(read.doc)
             if item.status == "error":

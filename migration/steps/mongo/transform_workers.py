@@ -39,11 +39,10 @@ from pydantic import TypeAdapter
 
 from migration.errors import Interrupted, StepError
 from migration.secrets import Redactor
-from migration.steps.callables import load_callable
 from migration.steps.mongo.common import connect
 from migration.steps.mongo.documents import decode_id, encode_id
 from migration.steps.mongo.guarded_writes import GuardedWriter, Planner
-from migration.steps.mongo.operations import Operation, OperationsProgram
+from migration.steps.mongo.operations import Operation
 from migration.steps.mongo.partitions import (
     PartitionRecord,
     PartitionState,
@@ -53,6 +52,7 @@ from migration.steps.mongo.partitions import (
     remove_parts,
 )
 from migration.steps.mongo.transform_batches import COUNTERS, BatchLoop, Position, zero_counters
+from migration.steps.mongo.transform_context import make_planner
 
 # How long the step's process waits for its workers to stop before killing them.
 STOP_GRACE_SECONDS = 120
@@ -75,25 +75,39 @@ class WorkerSpec:
     redact: Redactor
     ferretdb: bool
     workers: int
+    args: dict[str, Any]
 
 
 # --- in the worker process ----------------------------------------------------------------
 
 
 class _PipeLogger:
-    """Log events go to the step's process, which logs them with its own logger."""
+    """Log events go to the step's process, which logs them with its own logger.
 
-    def __init__(self, conn: Connection, index: int) -> None:
-        self.conn, self.index = conn, index
+    Also a transform function's ``ctx.log`` in a worker (so it has ``bind``).
+    """
+
+    def __init__(self, conn: Connection, index: int | None, **bound: Any) -> None:
+        self.conn, self.index, self.bound = conn, index, bound
 
     def _send(self, level: str, event: str, **fields: Any) -> None:
-        self.conn.send(("log", level, event, {"partition": self.index, **fields}))
+        where = {} if self.index is None else {"partition": self.index}
+        self.conn.send(("log", level, event, {**where, **self.bound, **fields}))
+
+    def bind(self, **fields: Any) -> _PipeLogger:
+        return _PipeLogger(self.conn, self.index, **self.bound, **fields)
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._send("debug", event, **fields)
 
     def info(self, event: str, **fields: Any) -> None:
         self._send("info", event, **fields)
 
     def warning(self, event: str, **fields: Any) -> None:
         self._send("warning", event, **fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._send("error", event, **fields)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -156,13 +170,19 @@ def worker_main(spec: WorkerSpec, conn: Connection, parent: int) -> None:
 def _serve(spec: WorkerSpec, conn: Connection) -> None:
     client, db = connect(spec.uri)
     try:
-        function = program = None
-        if spec.function is not None:
-            function = load_callable(spec.function, spec.workdir, spec.env)
-        else:
+        operations = None
+        if spec.operations is not None:
             operations = TypeAdapter(list[Operation]).validate_python(spec.operations)
-            program = OperationsProgram(operations, spec.workdir, spec.env)
-        planner = Planner(function, program, spec.redact)
+        planner = make_planner(
+            spec.function,
+            operations,
+            workdir=spec.workdir,
+            env=spec.env,
+            redact=spec.redact,
+            db=db,
+            args=spec.args,
+            log=_PipeLogger(conn, None),
+        )
         collection = db[spec.collection]
         while True:
             message = conn.recv()

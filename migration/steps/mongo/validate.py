@@ -17,7 +17,18 @@ from migration.steps.base import Step, StepContext, StepParams
 from migration.steps.mongo import validation_report
 from migration.steps.mongo.common import connect, detect_server
 from migration.steps.mongo.record_log import new_path
-from migration.steps.mongo.validation_checks import Check, Checker
+from migration.steps.mongo.validation_checks import (
+    Check,
+    Checker,
+    CollectionsIntactCheck,
+    CountCheck,
+    DistributionCheck,
+    FieldsAbsentCheck,
+    FieldsPresentCheck,
+    ReferencesCheck,
+    SampleCheck,
+    ValidIdsCheck,
+)
 from migration.steps.registry import register
 
 
@@ -51,10 +62,6 @@ class MongoValidate(Step["MongoValidate.Params"]):
     unless ``fail_on_error: true``. Writes ``validation-report-<ts>.json`` to
     ``report_dir``.
 
-    Outputs: ``passed`` and ``failed`` (numbers of checks), ``checks`` (list of
-    ``{name, type, passed, details}``), ``report`` (path), ``sample_id`` (the
-    first ``_id`` shown by a ``sample`` check, as text, or null).
-
     Example:
         ```yaml
         - id: validate
@@ -82,6 +89,14 @@ class MongoValidate(Step["MongoValidate.Params"]):
     name = "mongo.validate"
     outside_effects = False
     writes_folders = ("report_dir",)
+    previewed_fields = frozenset({"checks"})  # one readable line per check, not a JSON line
+    outputs = {
+        "passed": "number of checks that passed",
+        "failed": "number of checks that failed",
+        "checks": "list of {name, type, passed, details}",
+        "report": "path of validation-report-<ts>.json",
+        "sample_id": "the first _id shown by a sample check, as text, or null",
+    }
 
     class Params(StepParams):
         uri: str = Field(description="connection string naming the database")
@@ -178,10 +193,8 @@ class MongoValidate(Step["MongoValidate.Params"]):
         ]
         for check in params.checks:
             target = getattr(check, "collection", None)
-            note = f" on {target}" if target else ""
-            if target and target not in existing:
-                note += " (collection does not exist now)"
-            lines.append(f"  {check.name}: {check.type}{note}")
+            missing = " (collection does not exist now)" if target and target not in existing else ""
+            lines.append(f"  {check.name} ({check.type}): {describe_check(check)}{missing}")
         return "\n".join(lines)
 
     @classmethod
@@ -204,3 +217,52 @@ class MongoValidate(Step["MongoValidate.Params"]):
         if outputs.get("report"):
             lines += ["", f"Validation report: {mdtext.code(outputs['report'])}"]
         return [*lines, ""]
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, default=str, ensure_ascii=False)
+
+
+def _figures(figures: dict[str, int]) -> str:
+    return ", ".join(f"{name}={figure}" for name, figure in figures.items())
+
+
+def describe_check(check: Any) -> str:
+    """One readable line saying what a check will verify (for the dry run)."""
+    where = f" where {_json(check.filter)}" if getattr(check, "filter", None) else ""
+    on = f"{getattr(check, 'collection', '')}{where}"
+    if isinstance(check, CountCheck):
+        wanted = []
+        if check.equals is not None:
+            wanted.append(f"= {check.equals}")
+        if check.manifest is not None:
+            wanted.append(f"= its count in the backup manifest {check.manifest}")
+        if check.min is not None:
+            wanted.append(f">= {check.min}")
+        if check.max is not None:
+            wanted.append(f"<= {check.max}")
+        return f"documents in {on} {' and '.join(wanted)}"
+    if isinstance(check, FieldsPresentCheck):
+        null = "" if check.allow_null else ", none of them null"
+        return f"every document in {on} has {', '.join(check.fields)}{null}"
+    if isinstance(check, FieldsAbsentCheck):
+        return f"no document in {on} has {', '.join(check.fields)}"
+    if isinstance(check, ReferencesCheck):
+        return f"every {check.field} in {on} is an _id in {check.to}"
+    if isinstance(check, DistributionCheck):
+        groups = "; ".join(f"{name} {_json(query)}" for name, query in check.groups.items())
+        text = f"counts in {on} per group: {groups}"
+        for what in ("expect", "min", "max"):
+            if getattr(check, what):
+                text += f"; {what} {_figures(getattr(check, what))}"
+        return text
+    if isinstance(check, SampleCheck):
+        fields = f" (fields {', '.join(check.fields)})" if check.fields else ""
+        return f"show the first {check.size} documents of {on}{fields}; always passes"
+    if isinstance(check, CollectionsIntactCheck):
+        excepted = f", except {', '.join(check.except_)}" if check.except_ else ""
+        return f"every collection of the backup manifest {check.manifest} has its count{excepted}"
+    if isinstance(check, ValidIdsCheck):
+        kind = f" and of type {check.id_type}" if check.id_type else ""
+        return f"every _id in {on} is non-null{kind}"
+    return _json(check.model_dump(mode="json", by_alias=True, exclude={"name", "type"}))
