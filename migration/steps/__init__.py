@@ -11,7 +11,7 @@ one registry: :func:`register`, :func:`get_step_type`, :func:`step_types`.
 
 from migration.errors import InvalidDocument, StepError
 from migration.steps._subprocess import Completed, command_text, last_line, run_command
-from migration.steps.base import Preview, Step, StepContext, StepParams, StopFlag
+from migration.steps.base import Preview, Quoter, Step, StepContext, StepParams, StopFlag
 from migration.steps.registry import (
     ENTRY_POINT_GROUP,
     PluginError,
@@ -28,6 +28,7 @@ __all__ = [
     "InvalidDocument",
     "PluginError",
     "Preview",
+    "Quoter",
     "Step",
     "StepContext",
     "StepError",
