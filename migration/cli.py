@@ -130,6 +130,14 @@ def main() -> None:
     """Run production database migrations as checkpointed, resumable plans."""
 
 
+def _summarise(state: RunDoc, fmt: str) -> None:
+    """How a finished run or resume ends: a table on a terminal, one readable JSON line otherwise."""
+    if fmt == "console":
+        _print_summary(state)
+    else:  # a pipe or a log collector: one JSON line that a person can read too
+        structlog.get_logger("migration").info(report.summary_line(state), status=state["status"])
+
+
 def _print_summary(state: RunDoc) -> None:
     lines = [f"run {state['run_id']}: {state['status']}"]
     for phase in state.get("phases", []):
@@ -190,10 +198,7 @@ def run(
             )
         sys.exit(code)
     state = commands.run(request)
-    if fmt == "console":
-        _print_summary(state)
-    else:  # a pipe or a log collector: one JSON line that a person can read too
-        structlog.get_logger("migration").info(report.summary_line(state), status=state["status"])
+    _summarise(state, fmt)
 
 
 @main.command()
@@ -224,10 +229,7 @@ def resume(
         show_progress_bars=fmt == "console",
     )
     state = commands.run(request)
-    if fmt == "console":
-        _print_summary(state)
-    else:  # a pipe or a log collector: one JSON line that a person can read too
-        structlog.get_logger("migration").info(report.summary_line(state), status=state["status"])
+    _summarise(state, fmt)
 
 
 @main.command()
