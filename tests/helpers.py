@@ -232,3 +232,41 @@ def skip_without(kind: Any, feature: str) -> None:
     reason = server_limit(kind, feature)
     if reason is not None:
         pytest.skip(reason)
+
+
+def run_document(run_id: str, plan: str, steps: int = 3, padding: int = 0, **top: Any) -> dict[str, Any]:
+    """A run document as the stores save it: one phase of ``steps`` pending shell steps.
+
+    ``padding`` characters per step make it big enough for the journal; ``top``
+    sets or adds top-level keys (``downtime``, ``plan_digest``...).
+    """
+    return {
+        "schema_version": 1,
+        "run_id": run_id,
+        "plan_name": plan,
+        "plan_path": f"plans/{plan}.yaml",
+        "plan_digest": "sha256:" + "ab" * 32,
+        "status": "running",
+        "started_at": "2026-01-01T00:00:00.000Z",
+        "finished_at": None,
+        "phases": [
+            {
+                "id": "main",
+                "status": "running",
+                "checkpoint": {"status": "pending", "results": []},
+                "steps": [
+                    {
+                        "id": f"s{i}",
+                        "uses": "shell",
+                        "status": "pending",
+                        "attempts": 0,
+                        "outputs": {"note": "x" * padding},
+                        "error": None,
+                    }
+                    for i in range(steps)
+                ],
+            }
+        ],
+        "rollback": {"status": None, "steps": []},
+        **top,
+    }

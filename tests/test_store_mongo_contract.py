@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import pymongo
 import pytest
+from helpers import run_document
 
 from migration.errors import LockedError, StateError
 from migration.secrets import Redactor
@@ -23,36 +24,7 @@ from migration.store_mongo import MongoStateStore, StateBackend
 pytestmark = pytest.mark.mongo
 
 
-def make_state(run_id: str, plan: str, steps: int = 3, padding: int = 0) -> dict[str, Any]:
-    return {
-        "schema_version": 1,
-        "run_id": run_id,
-        "plan_name": plan,
-        "plan_path": f"plans/{plan}.yaml",
-        "plan_digest": "sha256:" + "ab" * 32,
-        "status": "running",
-        "started_at": "2026-01-01T00:00:00.000Z",
-        "finished_at": None,
-        "phases": [
-            {
-                "id": "main",
-                "status": "running",
-                "checkpoint": {"status": "pending", "results": []},
-                "steps": [
-                    {
-                        "id": f"s{i}",
-                        "uses": "shell",
-                        "status": "pending",
-                        "attempts": 0,
-                        "outputs": {"note": "x" * padding},
-                        "error": None,
-                    }
-                    for i in range(steps)
-                ],
-            }
-        ],
-        "rollback": {"status": None, "steps": []},
-    }
+make_state = run_document
 
 
 def without_seq(state: dict[str, Any] | None) -> dict[str, Any]:

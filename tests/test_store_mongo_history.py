@@ -11,6 +11,7 @@ from typing import Any
 
 import pymongo
 import pytest
+from helpers import run_document
 
 from migration.store_mongo import MongoStateStore, format_history, history, last_success, open_history
 
@@ -20,28 +21,15 @@ TARGET = "mongodb://app:t0p-secret@db1.internal:27017,db2.internal:27017/vnp?aut
 
 
 def make_state(run_id: str, plan: str, steps: int = 3, padding: int = 0) -> dict[str, Any]:
-    return {
-        "schema_version": 1,
-        "run_id": run_id,
-        "plan_name": plan,
-        "plan_digest": "sha256:" + "cd" * 32,
-        "status": "running",
-        "started_at": run_id[:4] + "-01-01T00:00:00.000Z",
-        "finished_at": None,
-        "downtime": {"start": "s0", "end": "s1"},
-        "phases": [
-            {
-                "id": "main",
-                "status": "running",
-                "checkpoint": {"status": "pending", "results": []},
-                "steps": [
-                    {"id": f"s{i}", "uses": "shell", "status": "pending", "attempts": 0, "pad": "x" * padding}
-                    for i in range(steps)
-                ],
-            }
-        ],
-        "rollback": {"status": None, "steps": []},
-    }
+    return run_document(
+        run_id,
+        plan,
+        steps,
+        padding,
+        plan_digest="sha256:" + "cd" * 32,
+        started_at=run_id[:4] + "-01-01T00:00:00.000Z",
+        downtime={"start": "s0", "end": "s1"},
+    )
 
 
 def open_store(

@@ -20,6 +20,7 @@ from typing import Any
 
 import pymongo
 import pytest
+from helpers import run_document
 
 from migration.errors import LockedError, StateError
 from migration.store_mongo import LeaseLost, MongoStateStore
@@ -30,28 +31,7 @@ HOSTS = ("host-a", "host-a", "host-b", "host-b", "host-c")
 ROUNDS = 10
 
 
-def make_state(run_id: str, plan: str, steps: int = 3, padding: int = 0) -> dict[str, Any]:
-    return {
-        "schema_version": 1,
-        "run_id": run_id,
-        "plan_name": plan,
-        "plan_digest": "sha256:00",
-        "status": "running",
-        "started_at": "2026-01-01T00:00:00.000Z",
-        "finished_at": None,
-        "phases": [
-            {
-                "id": "main",
-                "status": "running",
-                "checkpoint": {"status": "pending", "results": []},
-                "steps": [
-                    {"id": f"s{i}", "uses": "shell", "status": "pending", "attempts": 0, "pad": "x" * padding}
-                    for i in range(steps)
-                ],
-            }
-        ],
-        "rollback": {"status": None, "steps": []},
-    }
+make_state = run_document
 
 
 def open_store(url: str, plan: str, host: str, seconds: float, tmp: Path | None = None) -> MongoStateStore:
