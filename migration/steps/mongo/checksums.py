@@ -16,8 +16,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from bson import SON, Int64
+from pymongo.client_session import ClientSession
 from pymongo.database import Database
-from pymongo.errors import PyMongoError
+from pymongo.errors import ConfigurationError, PyMongoError
 
 try:  # pymongo's own fast path for raw batches (private, so looked for, not assumed)
     from bson._cbson import _array_of_documents_to_buffer
@@ -68,9 +69,16 @@ def raw_batches(db: Database[Any], name: str) -> Iterator[bytes]:
             cursor.close()
         return
     # One explicit session: a server refuses a getMore from another session than the find's.
-    with db.client.start_session() as session:
+    with db.client.start_session() as started:
+        session: ClientSession | None = started
         find = SON([("find", name), ("filter", {}), ("sort", {"_id": 1}), ("batchSize", READ_BATCH_DOCS)])
-        cursor = db.command(find, codec_options=_RAW_ARRAY_BSON_OPTIONS, session=session)["cursor"]
+        try:
+            cursor = db.command(find, codec_options=_RAW_ARRAY_BSON_OPTIONS, session=session)["cursor"]
+        except ConfigurationError:
+            # A server without sessions (no logicalSessionTimeoutMinutes in its hello):
+            # it ties a getMore to no session either.
+            session = None
+            cursor = db.command(find, codec_options=_RAW_ARRAY_BSON_OPTIONS)["cursor"]
         # Int64 always: a server refuses a getMore whose id came back small enough for int32.
         batch, cursor_id = cursor["firstBatch"], Int64(cursor["id"])
         try:
