@@ -282,6 +282,9 @@ def rollback(request: RunRequest) -> RunDoc:
             state["status"] = Status.INTERRUPTED
         reconcile(state, loaded)
         note_holder(state)
+        # The rollback undoes what the run did with its own --var values (a backup
+        # folder, a target database), not the plan's defaults.
+        resume_vars.carry_over(state, inputs, redactor(), doing="rollback")
         context = run_context(inputs, state["run_id"], state["started_at"], redactor())
         runner = Runner(loaded.plan, store, state, context, _options(request), redactor())
         watch.flag = runner.stop_flag

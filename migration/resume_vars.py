@@ -6,7 +6,8 @@ with a password) is stored masked and cannot be reused, so resuming without it
 is an error naming the var. A resume without a ``--var`` of the first run takes
 the stored value (resuming without ``--var batch=100`` used to switch silently
 to the plan's 500); a resume with a different value, or a new one, uses what the
-operator gave and warns about each difference.
+operator gave and warns about each difference. ``migration rollback`` does the same:
+it undoes what the run did with the run's own values.
 """
 
 from __future__ import annotations
@@ -60,13 +61,17 @@ def _secrets_in_steps(inputs: RunInputs, context: TemplateContext) -> Redactor:
     return probe
 
 
+def _gerund(doing: str) -> str:
+    return {"resume": "resuming", "rollback": "rolling back"}.get(doing, doing)
+
+
 def _show(value: Any) -> str:
     return json.dumps(value, default=str, ensure_ascii=False)
 
 
-def carry_over(state: RunDoc, inputs: RunInputs, redact: Redactor) -> None:
-    """Fill ``inputs.overrides`` for resuming ``state``: the first run's values where none
-    is given; a warning for each value that differs from the first run's.
+def carry_over(state: RunDoc, inputs: RunInputs, redact: Redactor, doing: str = "resume") -> None:
+    """Fill ``inputs.overrides`` for resuming (or rolling back) ``state``: the first run's
+    values where none is given; a warning for each value that differs from the first run's.
 
     Raises:
         UsageError: the first run had a secret ``--var`` (stored masked) that is not given again.
@@ -86,19 +91,19 @@ def carry_over(state: RunDoc, inputs: RunInputs, redact: Redactor) -> None:
         flags = " ".join(f"--var {n}=..." for n in secrets_missing)
         raise UsageError(
             f"run {run_id} was started with secret --var {', '.join(secrets_missing)}; secrets are not "
-            f"stored, so give the same value again to resume: {flags}"
+            f"stored, so give the same value again to {doing}: {flags}"
         )
     for name, entry in sorted(first.items()):
         if name not in given:
             given[name] = entry.get("value")
-            log.info(f"resume keeps --var {name}={_show(entry.get('value'))} from the start of run {run_id}")
+            log.info(f"{doing} keeps --var {name}={_show(entry.get('value'))} from the start of run {run_id}")
         elif redact(given[name]) != entry.get("value"):  # a masked one: compared as masked
             log.warning(
                 f"--var {name}: run {run_id} started with {_show(entry.get('value'))}, now "
-                f"{_show(redact(given[name]))}; resuming with the new value"
+                f"{_show(redact(given[name]))}; {_gerund(doing)} with the new value"
             )
     for name in sorted(set(given) - set(first)):
         log.warning(
             f"--var {name}: not given when run {run_id} started (the plan's value then); "
-            f"resuming with {_show(given[name])}"
+            f"{_gerund(doing)} with {_show(given[name])}"
         )

@@ -84,3 +84,39 @@ def test_resume_warns_about_each_changed_or_new_var_and_uses_it(tmp_path: Path) 
     # The report names the values the run was started with.
     report = migration(tmp_path, "report", "plan.yaml", "--state-dir", "state")
     assert "- --var: batch=100" in report.stdout
+
+
+ROLLBACK_PLAN = (
+    PLAN
+    + """
+rollback:
+  - {id: undo, uses: shell, with: {command: "echo undo {{ vars.batch }} >> log.txt", shell: true}}
+"""
+)
+
+
+def test_rollback_on_demand_uses_the_runs_own_vars(tmp_path: Path) -> None:
+    write_plan(tmp_path / "plan.yaml", ROLLBACK_PLAN)
+    first = migration(tmp_path, "run", "plan.yaml", "--state-dir", "state", "--var", "batch=100")
+    assert first.returncode == -signal.SIGKILL, first.stderr
+
+    rolled = migration(tmp_path, "rollback", "plan.yaml", "--state-dir", "state")
+
+    assert rolled.returncode == 0, rolled.stderr  # an on-demand rollback that completes
+    assert_no_traceback(rolled)
+    assert "rollback keeps --var batch=100 from the start of run" in rolled.stderr
+    # Not the plan's 500: the rollback undoes what the run did with its own values.
+    assert (tmp_path / "log.txt").read_text().splitlines() == ["first 100", "undo 100"]
+
+
+def test_rollback_needs_a_secret_var_again(tmp_path: Path) -> None:
+    write_plan(tmp_path / "plan.yaml", ROLLBACK_PLAN)
+    first = migration(tmp_path, "run", "plan.yaml", "--state-dir", "state", "--var", f"api_token={SECRET}")
+    assert first.returncode == -signal.SIGKILL, first.stderr
+
+    refused = migration(tmp_path, "rollback", "plan.yaml", "--state-dir", "state")
+
+    assert refused.returncode == 2
+    assert_no_traceback(refused)
+    assert "give the same value again to rollback: --var api_token=..." in refused.stderr
+    assert (tmp_path / "log.txt").read_text().splitlines() == ["first 500"]
