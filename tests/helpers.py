@@ -162,13 +162,30 @@ def listing(root: Path) -> list[tuple[str, int, float]]:
     return out
 
 
-def pid_alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie awaiting its reaper counts as gone)."""
+def pid_alive(pid: int, started: int | None = None) -> bool:
+    """True while ``pid`` runs (a zombie awaiting its reaper counts as gone).
+
+    With ``started`` (from :func:`start_ticks`, read while the process ran), a later
+    process that was given the same pid does not count: pids wrap within seconds on
+    a busy machine (pid_max 32768 here).
+    """
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
-    return stat[stat.rfind(")") + 2 :].split()[0] not in ("Z", "X")
+    fields = stat[stat.rfind(")") + 2 :].split()
+    if started is not None and int(fields[19]) != started:
+        return False
+    return fields[0] not in ("Z", "X")
+
+
+def start_ticks(pid: int) -> int | None:
+    """The start time of process ``pid`` (clock ticks after boot), None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat[stat.rfind(")") + 2 :].split()[19])
 
 
 def assert_no_traceback(result: subprocess.CompletedProcess[str] | str) -> None:

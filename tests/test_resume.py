@@ -18,6 +18,7 @@ from helpers import (
     migration,
     pid_alive,
     start_migration,
+    start_ticks,
     step_states,
     wait_for,
     write_plan,
@@ -139,11 +140,19 @@ def _signal_plan(tmp_path: Path) -> Path:
     )
 
 
-def _interrupt_inside_work(tmp_path: Path, plan: Path, sig: signal.Signals) -> tuple[int, str, str]:
+def _interrupt_inside_work(
+    tmp_path: Path, plan: Path, sig: signal.Signals, children: dict[int, int | None] | None = None
+) -> tuple[int, str, str]:
+    """Interrupt the run with ``sig`` while its step waits; ``children`` gets the pids of
+    the step's shell and its grandchild, with their start times (read before the signal)."""
     (tmp_path / "block").touch()
     proc = start_migration(tmp_path, *_run_args(plan))
     wait_for(lambda: (tmp_path / "shell.pid").exists() and (tmp_path / "sleep.pid").exists())
     wait_for(lambda: (tmp_path / "shell.pid").read_text().strip() and (tmp_path / "sleep.pid").read_text())
+    if children is not None:
+        for name in ("shell.pid", "sleep.pid"):
+            pid = int((tmp_path / name).read_text())
+            children[pid] = start_ticks(pid)
     result = kill(proc, sig)
     (tmp_path / "block").unlink()
     return result
@@ -152,7 +161,8 @@ def _interrupt_inside_work(tmp_path: Path, plan: Path, sig: signal.Signals) -> t
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_stops_cleanly_kills_children_and_resumes(tmp_path: Path, sig: signal.Signals) -> None:
     plan = _signal_plan(tmp_path)
-    code, out, err = _interrupt_inside_work(tmp_path, plan, sig)
+    children: dict[int, int | None] = {}
+    code, out, err = _interrupt_inside_work(tmp_path, plan, sig, children)
 
     assert code == 130, err
     assert_no_traceback(err)
@@ -162,9 +172,11 @@ def test_signal_stops_cleanly_kills_children_and_resumes(tmp_path: Path, sig: si
     assert state["status"] == "interrupted"
     assert step_states(state)["work"]["status"] == "interrupted"
     assert step_states(state)["first"]["status"] == "succeeded"
-    for name in ("shell.pid", "sleep.pid"):
-        pid = int((tmp_path / name).read_text())
-        wait_for(lambda pid=pid: not pid_alive(pid), timeout=10, what=f"{name} {pid} to exit")
+    assert len(children) == 2
+    for pid, started in children.items():
+        # The same process, not a newer one given its pid (pids wrap fast under load).
+        gone = lambda pid=pid, started=started: not pid_alive(pid, started)  # noqa: E731
+        wait_for(gone, timeout=10, what=f"child {pid} to exit")
     # The lock was released cleanly: no "died" message on the next run (`resume` = `run` here).
     command = ["resume", plan.name, "--state-dir", "state"] if sig == signal.SIGINT else _run_args(plan)
     result = migration(tmp_path, *command)
