@@ -31,6 +31,7 @@ from migration.function_check import function_specs, missing_function
 from migration.plan import templates
 from migration.plan.loader import LoadedPlan
 from migration.plan.model import Checkpoint, StepSpec
+from migration.resume_vars import learn_secrets_of_steps
 from migration.secrets import Redactor
 from migration.state.document import Status
 from migration.steps.base import Preview, StepContext
@@ -212,6 +213,8 @@ class Previewer:
         self.out(f"file: {self.loaded.display_path}  digest: {self.loaded.digest}")
         self.out(f"on_failure: {plan.on_failure}")
         if self.context.vars:
+            # A value that is a secret only where a step uses it is masked here too.
+            learn_secrets_of_steps(plan, self.context, self.redact)
             self.out("vars:")
             for k, v in self.context.vars.items():
                 self.out(f"{k}: {_fmt(v)}", 1)

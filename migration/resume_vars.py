@@ -20,6 +20,7 @@ import structlog
 from migration.context import RunInputs, TemplateContext, render_with
 from migration.errors import MigrationError, UsageError
 from migration.plan import templates
+from migration.plan.model import Plan
 from migration.secrets import Redactor
 from migration.state.document import RunDoc, VarValue
 from migration.steps.registry import get_step_type
@@ -35,7 +36,8 @@ def stored(inputs: RunInputs, context: TemplateContext, redact: Redactor) -> dic
     rendered once first, outputs of steps as placeholders (as in a dry run), so the
     values the plan shows as secrets anywhere are masked before anything is stored.
     """
-    probe = _secrets_in_steps(inputs, context)
+    # A redactor of its own: the run's masks (its output) are not changed by this probe.
+    probe = learn_secrets_of_steps(inputs.loaded.plan, context, Redactor())
     out: dict[str, VarValue] = {}
     for name, value in sorted(inputs.overrides.items()):
         shown = probe(redact(value))
@@ -43,11 +45,13 @@ def stored(inputs: RunInputs, context: TemplateContext, redact: Redactor) -> dic
     return out
 
 
-def _secrets_in_steps(inputs: RunInputs, context: TemplateContext) -> Redactor:
-    """A redactor of the secrets the steps' parameters show (kept apart from the run's,
-    whose masks the run's output must not change)."""
-    probe = Redactor()
-    plan = inputs.loaded.plan
+def learn_secrets_of_steps(plan: Plan, context: TemplateContext, into: Redactor) -> Redactor:
+    """Teach ``into`` the secrets the steps' parameters show (every step's ``with:``
+    rendered once, outputs of steps as placeholders, as in a dry run); returns it.
+
+    A var is a secret by where it is used (``Authorization: Bearer {{ vars.token }}``)
+    as much as by its name: whatever shows the vars must know that first.
+    """
     specs = [*plan.all_steps(), *(s for p in plan.phases for s in p.rollback), *plan.rollback_steps()]
     steps = {s.id: {"outputs": templates.Placeholder(f"steps.{s.id}.outputs")} for s in specs}
     values = {**context.as_dict(), "steps": steps}
@@ -55,10 +59,10 @@ def _secrets_in_steps(inputs: RunInputs, context: TemplateContext) -> Redactor:
         try:
             step_type = get_step_type(spec.uses)
             if step_type is not None:
-                probe.learn(render_with(step_type, spec.with_, values))
+                into.learn(render_with(step_type, spec.with_, values))
         except (templates.TemplateError, MigrationError):
             continue  # the run reports it at that step
-    return probe
+    return into
 
 
 def _gerund(doing: str) -> str:
