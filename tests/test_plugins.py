@@ -132,6 +132,7 @@ def _install_broken_plugins(site: Path) -> None:
         "    Params = StepParams\n"
     )
     (site / "not_a_step.py").write_text("def helper():\n    return 1\n")
+    (site / "syntax_broken.py").write_text("x = 1\ndef broken(:\n    pass\n")
     install_distribution(
         site,
         "broken-plugins",
@@ -141,6 +142,7 @@ def _install_broken_plugins(site: Path) -> None:
                 "broken.step": "broken_import:Thing",
                 "pg.sql": "misnamed:Query",
                 "util.helper": "not_a_step:helper",
+                "bad.syntax": "syntax_broken:Thing",
             }
         },
     )
@@ -159,10 +161,14 @@ def test_a_broken_plugin_is_a_warning_and_breaks_nothing_else(tmp_path: Path, si
     warnings = listed.stderr
     assert (
         "step plugin entry point 'broken.step' (broken_import:Thing) failed to load: "
-        "ModuleNotFoundError: No module named 'a_module_that_is_not_installed'"
+        "ModuleNotFoundError: No module named 'a_module_that_is_not_installed' "
+        f"(at {site / 'broken_import.py'}:1)"
     ) in warnings
     assert "class Query declares name 'pg.query', but the entry point is named 'pg.sql'" in warnings
     assert "'util.helper' (not_a_step:helper) is not a migration.steps.Step subclass" in warnings
+    # The plugin author is told the file, line and column of a syntax error.
+    assert "'bad.syntax' (syntax_broken:Thing) failed to load: SyntaxError: " in warnings
+    assert f"(at {site / 'syntax_broken.py'}:2:" in warnings
 
     schema = migration(tmp_path, "schema", env=env)
     assert schema.returncode == 0, schema.stderr
@@ -188,13 +194,15 @@ def test_a_broken_plugin_is_a_warning_and_breaks_nothing_else(tmp_path: Path, si
     [
         (
             "broken.step",
-            "error: step type 'broken.step' is not available: step plugin entry point 'broken.step' "
-            "(broken_import:Thing) failed to load: ModuleNotFoundError: "
-            "No module named 'a_module_that_is_not_installed'",
+            "error: plan.yaml:5:23: phases[0].steps[0].uses: step type 'broken.step' is not available: "
+            "step plugin entry point 'broken.step' (broken_import:Thing) failed to load: "
+            "ModuleNotFoundError: No module named 'a_module_that_is_not_installed' "
+            "(at @SITE@/broken_import.py:1)",
         ),
         (
             "pg.sql",
-            "error: step type 'pg.sql' is not available: step plugin entry point 'pg.sql' "
+            "error: plan.yaml:5:23: phases[0].steps[0].uses: step type 'pg.sql' is not available: "
+            "step plugin entry point 'pg.sql' "
             "(misnamed:Query): class Query declares name 'pg.query', but the entry point is named "
             "'pg.sql'; make them the same",
         ),
@@ -219,7 +227,7 @@ def test_a_plan_using_a_broken_plugin_gets_one_line(
         assert result.returncode == 2, result.stderr
         assert_no_traceback(result)
         errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-        assert errors == [message]
+        assert errors == [message.replace("@SITE@", str(site))]
 
 
 def test_docs_show_the_example_plugin_as_it_is() -> None:

@@ -18,7 +18,7 @@ from migration.plan.template_check import output_references
 from migration.plan.templated_params import check_templated_values
 from migration.plan.validation_errors import first_error
 from migration.plan.yaml_positions import Loc, format_path
-from migration.steps.registry import get_step_type, step_types
+from migration.steps.registry import PluginError, get_step_type, step_types
 
 
 def _step_locs(loaded: LoadedPlan) -> list[tuple[Loc, StepSpec]]:
@@ -71,7 +71,10 @@ def check_plan(loaded: LoadedPlan, extra_vars: Mapping[str, Any]) -> None:
 
 
 def _check_step_params(loaded: LoadedPlan, loc: Loc, step: StepSpec) -> None:
-    step_type = get_step_type(step.uses)
+    try:
+        step_type = get_step_type(step.uses)
+    except PluginError as exc:  # installed, but broken: say where the plan uses it
+        raise loaded.error((*loc, "uses"), str(exc)) from exc
     if step_type is None:
         names = list(step_types())
         hint = difflib.get_close_matches(step.uses, names, n=1)

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import importlib
 import logging
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
 from typing import Any, TypeVar
 
 from migration.errors import MigrationError, UsageError
@@ -79,13 +81,28 @@ def unregister(name: str) -> None:
     _REGISTRY.pop(name, None)
 
 
+def _where_it_failed(exc: BaseException) -> str:
+    """`` (at file:line[:col])``: the plugin's own line that failed, for its author."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        column = f":{exc.offset}" if exc.offset else ""
+        return f" (at {exc.filename}:{exc.lineno}{column})"
+    frames = [
+        frame
+        for frame in traceback.extract_tb(exc.__traceback__)
+        if not frame.filename.startswith("<") and "importlib" not in Path(frame.filename).parts
+    ]
+    return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+
+
 def _load_entry_point(ep: EntryPoint) -> None:
     """Register one plugin, or raise MigrationError saying why it cannot be used."""
     where = f"step plugin entry point {ep.name!r} ({ep.value})"
     try:
         cls = ep.load()
     except Exception as exc:
-        raise MigrationError(f"{where} failed to load: {type(exc).__name__}: {exc}") from exc
+        raise MigrationError(
+            f"{where} failed to load: {type(exc).__name__}: {exc}{_where_it_failed(exc)}"
+        ) from exc
     if not (isinstance(cls, type) and issubclass(cls, Step)):
         raise MigrationError(f"{where} is not a migration.steps.Step subclass")
     declared = cls.__dict__.get("name")
