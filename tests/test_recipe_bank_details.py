@@ -171,9 +171,15 @@ def test_ibans_schwifty_knows_outside_the_swift_registry_are_ibans(iban: str) ->
 def test_bics_follow_iso_9362_2014_as_schwifty_does() -> None:
     # Since ISO 9362:2014 the party prefix (first 4 characters) may hold digits.
     assert classify("DEU1DEFF") == ("swift", "DEU1DEFF")
-    # schwifty knows countries from ISO 3166 (pycountry), where Kosovo has no code yet.
-    with pytest.raises(InvalidValue, match="XK is not an ISO 3166 country"):
-        classify("RBKOXKPR")
+    # schwifty knows countries from ISO 3166 (pycountry), where Kosovo has no code
+    # yet; SWIFT gives Kosovo's banks XK BICs, which are real and kept.
+    assert classify("RBKOXKPR") == ("swift", "RBKOXKPR")
+    assert classify("rbko xkpr xxx") == ("swift", "RBKOXKPRXXX")
+    assert is_valid_bic("RBKOXKPR")
+    with pytest.raises(InvalidValue, match="XK"):
+        classify("RBKOXKPRXYZ")  # a branch code starting with X is still refused
+    with pytest.raises(InvalidValue, match="QQ is not an ISO 3166 country"):
+        classify("RBKOQQPR")
 
 
 def test_schwifty_decides_exactly_whether_a_value_is_an_iban_or_a_bic() -> None:
