@@ -34,8 +34,9 @@ from migration.plan.model import Checkpoint, StepSpec
 from migration.resume_vars import learn_secrets_of_steps
 from migration.secrets import Redactor
 from migration.state.document import Status
-from migration.steps.base import Preview, StepContext
+from migration.steps.base import Preview, Step, StepContext
 from migration.steps.registry import get_step_type
+from migration.steps.rollback_handler import HANDLER_USES, handler_entry_id, handler_step_type
 
 # How a dry run renders an output not known yet (migration.plan.placeholders).
 _OUTPUT_PLACEHOLDER = re.compile(r"<steps(?:\.([A-Za-z0-9_]+)|\['([^'\]]+)'\])\.outputs\.([A-Za-z0-9_]+)>")
@@ -107,7 +108,9 @@ class Previewer:
 
         return _OUTPUT_PLACEHOLDER.sub(words, text)
 
-    def step(self, spec: StepSpec, indent: int, main: bool = False) -> None:
+    def step(
+        self, spec: StepSpec, indent: int, main: bool = False, step_type: type[Step[Any]] | None = None
+    ) -> None:
         self.out(f"- step {spec.id} ({spec.uses})", indent)
         extras = []
         if spec.when:
@@ -120,7 +123,7 @@ class Previewer:
             extras.append("continue_on_error")
         if extras:
             self.out(", ".join(extras), indent + 2)
-        step_type = get_step_type(spec.uses)
+        step_type = step_type or get_step_type(spec.uses)
         assert step_type is not None
         ctx_dict = self.context.as_dict()
         try:
@@ -252,7 +255,17 @@ class Previewer:
             elif not phase_rb:
                 self.out("none defined", 1)
         else:
-            self.out(f"then the rollback handler {plan.rollback.handler} with {_fmt(plan.rollback.with_)}", 1)
+            name = plan.rollback.handler
+            handler = handler_step_type(name)
+            self.out(f"then the rollback handler {name}:", 1)
+            if handler is None:  # validation refuses this first; a plugin may vanish meanwhile
+                self.problems.append(Problem("rollback", f"no rollback handler {name!r} registered", True))
+                self.out(f"PROBLEM: no rollback handler {name!r} registered", 2)
+            else:
+                spec = StepSpec.model_construct(
+                    id=handler_entry_id(name), uses=HANDLER_USES, with_=plan.rollback.with_
+                )
+                self.step(spec, 2, step_type=handler)
         self.out("")
         self.summary()
         return "\n".join(self.lines) + "\n"

@@ -356,6 +356,60 @@ def test_python_rollback_handler_from_an_entry_point_runs(tmp_path: Path) -> Non
     assert "no rollback handler 'put-back' registered" in missing.stderr
 
 
+def test_dry_run_shows_a_rollback_handlers_own_preview(tmp_path: Path) -> None:
+    env = _plugin(
+        tmp_path,
+        "rbpreview",
+        """
+        def put_back(ctx, target):
+            raise AssertionError("a dry run must not call the handler")
+
+
+        def _preview(ctx, target):
+            found = sorted(p.name for p in ctx.workdir.glob("*.bak"))
+            return f"would put back {target} from {found} (plan {ctx.plan_name})"
+
+
+        put_back.preview = _preview
+
+
+        def plain(ctx, target):
+            raise AssertionError("a dry run must not call the handler")
+        """,
+        "migration.rollback_handlers",
+        "put-back = rbpreview:put_back\nplain = rbpreview:plain",
+    )
+    (tmp_path / "orders.bak").write_text("{}")
+    plan = """
+        name: rb-preview
+        vars: {target: orders}
+        rollback:
+          handler: HANDLER
+          with: {target: "{{ vars.target }}"}
+        phases:
+          - id: p1
+            steps:
+              - {id: a, uses: shell, with: {command: [echo, a]}}
+        """
+
+    write_plan(tmp_path / "plan.yaml", plan.replace("HANDLER", "put-back"))
+    dry = migration(tmp_path, "run", "plan.yaml", "--dry-run", "--state-dir", "state", env=env)
+
+    assert dry.returncode == 0, dry.stderr
+    assert_no_traceback(dry)
+    rollback_part = dry.stdout.partition("then the rollback handler put-back:")[2]
+    assert "- step handler:put-back (handler)" in rollback_part
+    assert 'target: "orders"' in rollback_part  # rendered
+    assert "would put back orders from ['orders.bak'] (plan rb-preview)" in rollback_part
+
+    write_plan(tmp_path / "plan.yaml", plan.replace("HANDLER", "plain"))
+    dry = migration(tmp_path, "run", "plan.yaml", "--dry-run", "--state-dir", "state", env=env)
+
+    assert dry.returncode == 0, dry.stderr
+    assert "would call rollback handler plain with {'target': 'orders'}" in dry.stdout
+    assert not (tmp_path / "state").exists() or not any((tmp_path / "state").rglob("*.json"))
+
+
 def test_plugin_step_type_from_an_entry_point_works_like_a_builtin(tmp_path: Path) -> None:
     env = _plugin(
         tmp_path,

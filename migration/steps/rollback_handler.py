@@ -19,7 +19,7 @@ from pydantic import ConfigDict
 
 from migration.errors import Interrupted
 from migration.secrets import Redactor
-from migration.steps.base import Step, StepContext, StepParams, StopFlag
+from migration.steps.base import Preview, Step, StepContext, StepParams, StopFlag
 from migration.steps.registry import RollbackHandler, find_handler
 
 # The ``uses`` a handler's entry has in the run document (a contract of the state file).
@@ -56,6 +56,19 @@ class HandlerParams(StepParams):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
 
+def _rollback_context(ctx: StepContext[HandlerParams]) -> RollbackContext:
+    return RollbackContext(
+        run_id=ctx.run_id,
+        plan_name=ctx.plan_name,
+        workdir=ctx.workdir,
+        error=ctx.failure,
+        outputs_of=ctx.outputs_of,
+        env=ctx.env,
+        redact=ctx.redact,
+        stop_flag=ctx.stop_flag,
+    )
+
+
 def handler_entry_id(name: str) -> str:
     return f"handler:{name}"
 
@@ -73,21 +86,21 @@ def handler_step_type(name: str) -> type[Step[Any]] | None:
         Params = HandlerParams
 
         def run(self, ctx: StepContext[HandlerParams]) -> dict[str, Any]:
-            rollback_ctx = RollbackContext(
-                run_id=ctx.run_id,
-                plan_name=ctx.plan_name,
-                workdir=ctx.workdir,
-                error=ctx.failure,
-                outputs_of=ctx.outputs_of,
-                env=ctx.env,
-                redact=ctx.redact,
-                stop_flag=ctx.stop_flag,
-            )
-            result = handler(rollback_ctx, **(ctx.params.model_extra or {}))
+            result = handler(_rollback_context(ctx), **(ctx.params.model_extra or {}))
             return result if isinstance(result, dict) else {"result": result}
 
-        def preview(self, ctx: StepContext[HandlerParams]) -> str:
-            return f"would call rollback handler {name} with {ctx.params.model_extra or {}}"
+        def preview(self, ctx: StepContext[HandlerParams]) -> str | Preview:
+            """The handler's own ``preview(ctx, **with)`` when it has one (read-only, like
+            a step's), else what would be called."""
+            arguments = ctx.params.model_extra or {}
+            own = getattr(handler, "preview", None)
+            if callable(own):
+                shown = own(_rollback_context(ctx), **arguments)
+                return shown if isinstance(shown, Preview) else str(shown)
+            return (
+                f"would call rollback handler {name} with {arguments} "
+                "(it has no preview(ctx, **with) of its own to say more)"
+            )
 
     HandlerStep.name = handler_entry_id(name)
     HandlerStep.__qualname__ = f"HandlerStep[{name}]"
