@@ -121,6 +121,17 @@ def server_kind(mongo_server: MongoServer) -> Any:
         client.close()
 
 
+@pytest.fixture(scope="session")
+def server_caps(mongo_server: MongoServer, server_kind: Any) -> Iterator[Any]:
+    """What the test server can do (a ``helpers.ServerCaps``): limits found by probing it
+    once a session, so a test skips naming the limit, never the server's name."""
+    from helpers import ServerCaps
+
+    caps = ServerCaps(mongo_server.url, server_kind)
+    yield caps
+    caps.drop_scratch()
+
+
 @pytest.fixture
 def mongo_url(mongo_server: MongoServer) -> Iterator[str]:
     """A URL naming a fresh, empty database on the test server; dropped afterwards."""

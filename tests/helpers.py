@@ -251,6 +251,107 @@ def skip_without(kind: Any, feature: str) -> None:
         pytest.skip(reason)
 
 
+# --- what the test server can do, probed ---------------------------------------------
+# Limits no version number tells: each is found by asking the server once a session
+# (on first use), through the ``server_caps`` fixture. A probe returns None when the
+# server can, else the limit in words, which the skipping test names.
+
+COMMAND_NOT_FOUND = 59
+
+
+def _probe_list_collections_filter(db: Any) -> str | None:
+    db.create_collection("cap_listed")
+    if db.list_collection_names(filter={"name": "cap_not_there"}):
+        return "the server ignores listCollections' filter (it lists every collection)"
+    return None
+
+
+def _probe_typed_set(db: Any) -> str | None:
+    db.cap_typed.insert_one({"_id": 1, "v": 3})
+    db.cap_typed.update_one({"_id": 1}, {"$set": {"v": 3.0}})
+    if type(db.cap_typed.find_one({"_id": 1})["v"]) is not float:
+        return "the server takes $set of an equal number of another type (3 -> 3.0) for a no-op"
+    return None
+
+
+def _probe_write_concern_refused(db: Any) -> str | None:
+    from pymongo.errors import OperationFailure, WriteConcernError
+    from pymongo.write_concern import WriteConcern
+
+    try:
+        db.get_collection("cap_concern", write_concern=WriteConcern(w=50)).insert_one({"_id": 1})
+    except (OperationFailure, WriteConcernError):
+        return None
+    return "the server accepts an unsatisfiable write concern (w: 50 on one server): none is refused"
+
+
+def _probe_collection_uuid(db: Any) -> str | None:
+    db.create_collection("cap_uuid")
+    spec = next(iter(s for s in db.list_collections() if s["name"] == "cap_uuid"), {})
+    if "uuid" not in spec.get("info", {}):
+        return "the server gives collections no UUID (listCollections info.uuid)"
+    return None
+
+
+def _probe_users(db: Any) -> str | None:
+    from pymongo.errors import OperationFailure
+
+    try:
+        db.command("createUser", "cap_user", pwd="cap-password", roles=[])
+    except OperationFailure as exc:
+        if exc.code == COMMAND_NOT_FOUND:
+            return "the server has no users (createUser answers 59 CommandNotFound)"
+        raise
+    db.command("dropUser", "cap_user")
+    return None
+
+
+PROBES: dict[str, Callable[[Any], str | None]] = {
+    "list_collections_filter": _probe_list_collections_filter,
+    "typed_set": _probe_typed_set,
+    "write_concern_refused": _probe_write_concern_refused,
+    "collection_uuid": _probe_collection_uuid,
+    "users": _probe_users,
+}
+
+
+class ServerCaps:
+    """What the test server can do: :data:`FERRETDB1_LACKS` from its ``ServerKind``,
+    the rest (:data:`PROBES`) by asking it, each once, in a scratch database."""
+
+    def __init__(self, url: str, kind: Any) -> None:
+        self.url = url
+        self.kind = kind
+        self.scratch = "cap_probe_" + os.urandom(4).hex()
+        self._found: dict[str, str | None] = {}
+
+    def limit(self, feature: str) -> str | None:
+        """Why the server cannot do ``feature``, or None if it can."""
+        if feature in FERRETDB1_LACKS:
+            return server_limit(self.kind, feature)
+        if feature not in self._found:
+            import pymongo
+
+            with pymongo.MongoClient(self.url, serverSelectionTimeoutMS=5000) as client:
+                self._found[feature] = PROBES[feature](client[f"{self.scratch}_{feature}"[:60]])
+        return self._found[feature]
+
+    def skip_without(self, feature: str) -> None:
+        """Skip the calling test, naming the server's limit, when it lacks ``feature``."""
+        import pytest
+
+        reason = self.limit(feature)
+        if reason is not None:
+            pytest.skip(reason)
+
+    def drop_scratch(self) -> None:
+        import pymongo
+
+        with pymongo.MongoClient(self.url, serverSelectionTimeoutMS=5000) as client:
+            for name in self._found:
+                client.drop_database(f"{self.scratch}_{name}"[:60])
+
+
 def run_document(run_id: str, plan: str, steps: int = 3, padding: int = 0, **top: Any) -> dict[str, Any]:
     """A run document as the stores save it: one phase of ``steps`` pending shell steps.
 

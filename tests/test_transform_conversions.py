@@ -73,6 +73,7 @@ def test_convert_to_date_with_formats_leaves_and_lists_invalid_values(
 def test_convert_to_numbers_and_strings(
     mongo_url: str,
     mongo_db: Database[Any],
+    server_caps: Any,
     tmp_path: Path,
     to: str,
     values: list[Any],
@@ -86,8 +87,10 @@ def test_convert_to_numbers_and_strings(
     docs = docs_of(mongo_db, "things")
     got = [docs[i]["v"] for i in range(len(values))]
     assert got == expected
-    assert [type(g) for g in got] == [type(e) for e in expected]
     assert outputs["invalid"] == invalid
+    if any(type(v) is not type(e) and v == e for v, e in zip(values, expected, strict=True)):
+        server_caps.skip_without("typed_set")  # 3 -> 3.0 is then a change of type only
+    assert [type(g) for g in got] == [type(e) for e in expected]
 
 
 def test_convert_into_another_field_and_the_unconvertible_policy(
@@ -174,9 +177,11 @@ def test_lookup_denormalises_with_one_query_per_batch(
 
 
 def test_a_lookup_of_a_collection_that_does_not_exist_fails_before_any_write(
-    mongo_url: str, mongo_db: Database[Any], tmp_path: Path
+    mongo_url: str, mongo_db: Database[Any], server_caps: Any, tmp_path: Path
 ) -> None:
     from migration.errors import StepError
+
+    server_caps.skip_without("list_collections_filter")
 
     mongo_db.orders.insert_one({"_id": 1, "customer_id": 1})
     lookup = {"from": "custmers", "local": "customer_id", "field": "name", "as": "customer_name"}

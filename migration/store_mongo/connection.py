@@ -41,6 +41,7 @@ FALLBACKS = (DURABLE, WriteConcern(w=1, j=True), WriteConcern(w=1))
 # FailedToParse, UnknownReplWriteConcern, UnsatisfiableWriteConcern, and
 # "journaling is not enabled" (2 on old servers; 9 or 100 elsewhere).
 WRITE_CONCERN_REFUSED = frozenset({2, 9, 79, 100})
+COMMAND_NOT_FOUND = 59
 DEFAULT_PREFIX = "migration_"
 COLLECTIONS = ("runs", "current", "journal", "events", "leases")
 
@@ -148,10 +149,19 @@ class Connection:
                     raise
 
     def server_now(self) -> datetime:
-        """The server's clock (``hello``'s localTime); the local clock if it does not say."""
+        """The server's clock (``hello``'s localTime); the local clock if it does not say.
+
+        A server without ``hello`` (MongoDB before 4.4.2 and some wire-compatible
+        servers answer 59 CommandNotFound) is asked ``isMaster``, its older name.
+        """
         if not self.local_clock:
             with self.errors("reading the server's clock"):
-                reply = self.db.command("hello")
+                try:
+                    reply = self.db.command("hello")
+                except OperationFailure as exc:
+                    if exc.code != COMMAND_NOT_FOUND:
+                        raise
+                    reply = self.db.command("isMaster")
             now = reply.get("localTime")
             if isinstance(now, datetime):
                 return now if now.tzinfo else now.replace(tzinfo=UTC)
