@@ -75,6 +75,8 @@ def main() -> int:
             drop_database(server, TARGET)
             shutil.rmtree(out, ignore_errors=True)
             for what, result in (("backup", backup), (f"restore (verify: {args.verify})", restored)):
+                if result["docs"] != n:
+                    raise SystemExit(f"{what} moved {result['docs']:,} documents, not {n:,}")
                 rows.append(
                     f"| {what} | {n:,} | {result['peak_rss_kb'] / 1024:.1f} | {result['seconds']:.1f} "
                     f"| {result['cpu_seconds'] / n * 1e6:.2f} |"
