@@ -71,6 +71,10 @@ def main() -> int:
                         child(checkout, "restore", verify="counts", **restore_args),
                     )
                     add(f"restore (verify: checksums), {label}", child(checkout, "restore", **restore_args))
+                    add(
+                        f"restore (verify: inserts), {label}",
+                        child(checkout, "restore", verify="inserts", **restore_args),
+                    )
                 else:
                     add(f"restore (with its read-back), {label}", child(checkout, "restore", **restore_args))
                 subprocess.run(["rm", "-rf", kept["path"]], check=True)

@@ -87,6 +87,8 @@ def _describe(client: pymongo.MongoClient[Any], backend: str | None) -> tuple[st
         version = str(build.get("ferretdbVersion") or build.get("ferretdb", {}).get("version", "?"))
         version = version.removeprefix("v")
         return f"FerretDB {version} (MongoDB {build.get('version')} wire){backend or ''}", True
+    if "gitVersion" not in build:  # every mongod says it; mongo-java-server only says a version
+        return f"mongo-java-server (MongoDB {build.get('version')} wire; bench/wire_server.py)", False
     return f"MongoDB {build.get('version')}", False
 
 

@@ -3,6 +3,7 @@
 
     python bench/wire_server.py            # builds once, then serves until Ctrl-C
     python bench/wire_server.py --port 27999
+    python bench/wire_server.py --heap 8g      # Java heap (default 4g): 1M documents need more
 
 It prints the URL to use as ``--url`` (or ``MIGRATION_TEST_MONGO_URL``). The server
 is mongo-java-server 1.46 (Maven Central) with its in-memory backend: commands of
@@ -68,11 +69,11 @@ class WireServer:
             self.process.kill()
 
 
-def start(port: int | None = None) -> WireServer:
+def start(port: int | None = None, heap: str = "4g") -> WireServer:
     classes, classpath = build()
     port = port or free_port()
     process = subprocess.Popen(
-        ["java", "-Xmx4g", "-cp", f"{classes}{os.pathsep}{classpath}", "bench.Main", str(port)],
+        ["java", f"-Xmx{heap}", "-cp", f"{classes}{os.pathsep}{classpath}", "bench.Main", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -92,8 +93,9 @@ def start(port: int | None = None) -> WireServer:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=None)
+    parser.add_argument("--heap", default="4g", help="Java heap, as -Xmx takes it (default: %(default)s)")
     args = parser.parse_args()
-    server = start(args.port)
+    server = start(args.port, args.heap)
     print(server.url, flush=True)
     try:
         server.process.wait()

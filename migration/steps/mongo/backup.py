@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -15,9 +16,10 @@ from pymongo.errors import PyMongoError
 
 from migration.errors import StepError
 from migration.steps.base import Step, StepContext, StepParams
-from migration.steps.mongo.backup_dump import Dump
+from migration.steps.mongo.backup_dump import Dump, StartGate
 from migration.steps.mongo.common import (
     connect,
+    detect_server,
     free_disk_bytes,
     human_bytes,
     server_info,
@@ -36,7 +38,7 @@ from migration.steps.mongo.dumpfmt import (
     iso_utc,
     write_json,
 )
-from migration.steps.mongo.parallel import DEFAULT_PARALLEL_COLLECTIONS, run_each
+from migration.steps.mongo.parallel import DEFAULT_PARALLEL_COLLECTIONS, Cancelled, run_each
 from migration.steps.mongo.tools import find_tool
 from migration.steps.registry import register
 
@@ -168,7 +170,8 @@ class MongoBackup(Step["MongoBackup.Params"]):
         out = ctx.path(params.out)
         out.mkdir(parents=True, exist_ok=True)
         _, free = free_disk_bytes(out)
-        estimate = sum(size for _, size in collection_sizes(db, names).values())
+        sizes = collection_sizes(db, names)
+        estimate = sum(size for _, size in sizes.values())
         if estimate > free:
             ctx.log.warning(
                 "backup may not fit",
@@ -178,7 +181,20 @@ class MongoBackup(Step["MongoBackup.Params"]):
             )
         for leftover in sorted(out.glob("backup-*" + PARTIAL_SUFFIX)):
             ctx.log.warning("unfinished backup left by an earlier run", folder=str(leftover))
-        before = self._counts(ctx, db, names)
+        # Where a find reads one snapshot taken when it starts (FerretDB 1.x), the
+        # collections dumped from the start take their "before" count from their own
+        # find, and the others are counted meanwhile (StartGate); elsewhere every exact
+        # count comes before the dump, as mongo.backup always did.
+        snapshots = not tool and detect_server(db.client).ferretdb1
+        first = names[: params.parallel_collections] if snapshots else []
+        later = [name for name in names if name not in first]
+        before: dict[str, int] = {}
+        gate: StartGate | None = None
+        if first:
+            gate = StartGate(len(first))
+            self._count_meanwhile(ctx, db, later, before, gate)
+        else:
+            before = self._counts(ctx, db, names)
         moment = datetime.now(UTC)
         final = out / backup_folder_name(moment)
         while final.exists() or final.with_name(final.name + PARTIAL_SUFFIX).exists():
@@ -188,10 +204,15 @@ class MongoBackup(Step["MongoBackup.Params"]):
         partial.mkdir()
         ctx.log.info("backup started", folder=str(final), collections=len(names))
         dump = Dump(ctx, db, partial, tool)
+        dump.gate, dump.gated = gate, set(first)
         try:
             check_files = params.verify in ("checksums", "restore")
-            with ctx.progress_bar("backup", sum(before.values()) or None) as bar:
+            # The bar's total: the exact counts where they come first, collStats' otherwise.
+            total = sum(sizes[name][0] for name in names) if gate else sum(before.values())
+            with ctx.progress_bar("backup", total or None) as bar:
                 entries = dump.all(names, bar.advance, params.parallel_collections, check_files)
+            for name in first:
+                before[name] = entries[name]["count"]  # the count of the find's snapshot
             after = self._counts(ctx, db, names)
             changed = [
                 f"{name} (before {before[name]}, dumped {entries[name]['count']}, after {after[name]})"
@@ -217,6 +238,8 @@ class MongoBackup(Step["MongoBackup.Params"]):
             os.rename(partial, final)
             fsync_dir(out)
         except BaseException as exc:
+            if gate is not None:
+                gate.abandoned = True
             replacement = self._failed(ctx, exc, partial, out, dump.written)
             if replacement is exc:
                 raise
@@ -247,6 +270,36 @@ class MongoBackup(Step["MongoBackup.Params"]):
             ctx.check_stop,
         )
         return dict(zip(names, counts, strict=True))
+
+    @staticmethod
+    def _count_meanwhile(
+        ctx: StepContext[MongoBackup.Params],
+        db: Database[Any],
+        names: list[str],
+        into: dict[str, int],
+        gate: StartGate,
+    ) -> None:
+        """Exact counts of ``names`` in a thread of their own; the gate opens when they are in."""
+
+        def stop() -> None:
+            if gate.abandoned:
+                raise Cancelled
+
+        def work() -> None:
+            try:
+                counts = run_each(
+                    names,
+                    lambda name, _: int(db[name].count_documents({})),
+                    ctx.params.parallel_collections,
+                    stop,
+                )
+            except BaseException as exc:
+                gate.arrive(exc)
+                return
+            into.update(zip(names, counts, strict=True))
+            gate.arrive()
+
+        threading.Thread(target=work, name="backup-counts", daemon=True).start()
 
     @staticmethod
     def _manifest(

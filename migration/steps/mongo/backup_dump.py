@@ -8,6 +8,7 @@ come back in collection-name order whatever order the workers finished in.
 from __future__ import annotations
 
 import secrets
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,44 @@ def metadata_of(db: Database[Any], name: str) -> tuple[str, list[Any], list[str]
     return text, indexes, [str(index.get("name")) for index in indexes]
 
 
+class StartGate:
+    """Holds the first dumps at their first batch until every "before" figure is taken.
+
+    Used where a ``find`` reads one snapshot of the collection, taken when it starts
+    (FerretDB 1.x: tests/test_mongo_backup_counts.py pins it): the collections dumped
+    from the start (the first ``parallel_collections``) get their "before" count from
+    their own ``find``, and the exact counts of the others run meanwhile, in their own
+    thread. No batch is written, and no progress shown, before all of these are taken;
+    from then on a write is caught exactly as when every count came before the dump.
+    """
+
+    def __init__(self, finds: int) -> None:
+        self._lock = threading.Lock()
+        self._pending = finds + 1  # the finds, and the counts of the other collections
+        self._open = threading.Event()
+        self._failure: BaseException | None = None
+        self.abandoned = False  # the backup failed: the counts stop at their next collection
+
+    def arrive(self, failure: BaseException | None = None) -> None:
+        with self._lock:
+            if failure is not None and self._failure is None:
+                self._failure = failure
+            self._pending -= 1
+            if self._pending <= 0 or failure is not None:
+                self._open.set()
+
+    def wait(self, check: Callable[[], None]) -> None:
+        """Until everything arrived (``check`` between waits: another worker's failure, a signal)."""
+        while not self._open.wait(0.05):
+            check()
+        if self._failure is not None:
+            raise self._failure
+
+    def pass_through(self, check: Callable[[], None]) -> None:
+        self.arrive()
+        self.wait(check)
+
+
 class Dump:
     """One backup being written into ``<out>/backup-<ts>.partial``."""
 
@@ -61,6 +100,9 @@ class Dump:
         self.db_dir = partial / DUMP_DIR / db.name
         self.db_dir.mkdir(parents=True)
         self.written = 0
+        # Collections whose first find opens the start gate (see StartGate), and the gate.
+        self.gated: set[str] = set()
+        self.gate: StartGate | None = None
 
     def relative(self, path: Path) -> str:
         return path.relative_to(self.partial).as_posix()
@@ -98,7 +140,9 @@ class Dump:
         writer = BsonWriter(path, self.gzip)
         count = 0
         try:
-            for batch in raw_batches(self.db, name):
+            gate = self.gate if name in self.gated else None
+            started = (lambda: gate.pass_through(shared.check)) if gate is not None else None
+            for batch in raw_batches(self.db, name, started):
                 writer.write(batch)
                 documents = count_in_buffer(batch)
                 count += documents

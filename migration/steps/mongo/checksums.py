@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from bson import SON, Int64
@@ -53,8 +53,11 @@ def count_in_buffer(buffer: bytes | memoryview) -> int:
     return count
 
 
-def raw_batches(db: Database[Any], name: str) -> Iterator[bytes]:
+def raw_batches(db: Database[Any], name: str, started: Callable[[], None] | None = None) -> Iterator[bytes]:
     """The collection's documents as raw BSON batches, in ``_id`` order.
+
+    ``started`` is called once the server has answered the ``find`` (before the first
+    batch is yielded, even for an empty collection).
 
     ``find``/``getMore`` are sent as commands whose replies stay undecoded, and each
     batch's array is turned into concatenated documents by bson's C code: no Python
@@ -64,13 +67,18 @@ def raw_batches(db: Database[Any], name: str) -> Iterator[bytes]:
     if _array_of_documents_to_buffer is None:  # pragma: no cover
         cursor = db[name].find_raw_batches(sort=[("_id", 1)], batch_size=READ_BATCH_DOCS)
         try:
-            yield from cursor
+            first = next(cursor, None)  # the find is sent here
+            if started is not None:
+                started()
+            if first is not None:
+                yield first
+                yield from cursor
         finally:
             cursor.close()
         return
     # One explicit session: a server refuses a getMore from another session than the find's.
-    with db.client.start_session() as started:
-        session: ClientSession | None = started
+    with db.client.start_session() as opened:
+        session: ClientSession | None = opened
         find = SON([("find", name), ("filter", {}), ("sort", {"_id": 1}), ("batchSize", READ_BATCH_DOCS)])
         try:
             cursor = db.command(find, codec_options=_RAW_ARRAY_BSON_OPTIONS, session=session)["cursor"]
@@ -82,6 +90,8 @@ def raw_batches(db: Database[Any], name: str) -> Iterator[bytes]:
         # Int64 always: a server refuses a getMore whose id came back small enough for int32.
         batch, cursor_id = cursor["firstBatch"], Int64(cursor["id"])
         try:
+            if started is not None:
+                started()
             while True:
                 if len(batch) > 5:  # an empty BSON array is 5 bytes
                     yield _array_of_documents_to_buffer(batch)

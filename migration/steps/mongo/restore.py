@@ -61,10 +61,13 @@ class MongoRestore(Step["MongoRestore.Params"]):
     from the metadata, then every restored collection is compared with the manifest
     (``verify: checksums``, the default: checksums over the documents in ``_id``
     order, by the server's ``dbHash`` where it has one, else by reading it back;
-    ``verify: counts``: counts only). ``parallel_collections`` (default 4, as
-    mongorestore) collections are restored at once, each verified as soon as it is
-    in, while the others are still being restored; ``insertion_workers`` threads
-    insert into one collection (mongorestore's ``--numInsertionWorkersPerCollection``).
+    ``verify: counts``: one exact count; ``verify: inserts``: the server's
+    acknowledgements only, no read; what each proves and costs: docs/backups.md).
+    At every level the documents the server acknowledged must be the dump's count.
+    ``parallel_collections`` (default 4, as mongorestore) collections are restored at
+    once, each verified as soon as it is in, while the others are still being
+    restored; ``insertion_workers`` threads insert into one collection (mongorestore's
+    ``--numInsertionWorkersPerCollection``).
     Interrupted (a crash, a kill, the server going away) it resumes collection by
     collection: what an earlier attempt restored whole is kept, the collections it
     had half-restored (every one in flight) are redone, and collections it wrote
@@ -72,9 +75,9 @@ class MongoRestore(Step["MongoRestore.Params"]):
 
     Outputs: ``restored`` (collection name -> documents), ``total``, ``verified``
     (``counts+checksums``, or ``counts`` for a dump without manifest or with
-    ``verify: counts``), ``verified_by`` (name -> ``dbHash``, ``read-back`` or
-    ``count``), ``dropped``, ``left_alone``, ``indexes`` (name -> index names made),
-    ``warnings``.
+    ``verify: counts``, ``inserts`` with ``verify: inserts``), ``verified_by`` (name ->
+    ``dbHash``, ``read-back``, ``count`` or ``inserts``), ``dropped``, ``left_alone``,
+    ``indexes`` (name -> index names made), ``warnings``.
 
     Example:
         ```yaml
@@ -94,8 +97,9 @@ class MongoRestore(Step["MongoRestore.Params"]):
     outputs = {
         "restored": "collection name -> documents",
         "total": "documents restored",
-        "verified": "counts+checksums, counts (a dump without manifest or verify: counts), failed or none",
-        "verified_by": "collection name -> how it was verified: dbHash, read-back or count",
+        "verified": "counts+checksums, counts (a dump without manifest or verify: counts), "
+        "inserts (verify: inserts), failed or none",
+        "verified_by": "collection name -> how it was verified: dbHash, read-back, count or inserts",
         "dropped": "collections replaced",
         "left_alone": "collections of the database not in the dump, left as they were",
         "indexes": "collection name -> index names made",
@@ -112,10 +116,11 @@ class MongoRestore(Step["MongoRestore.Params"]):
         allow_other_database: bool = Field(
             default=False, description="restore a dump taken of a database with another name"
         )
-        verify: Literal["checksums", "counts"] = Field(
+        verify: Literal["checksums", "counts", "inserts"] = Field(
             default="checksums",
             description="checksums: prove every document is the dump's (dbHash where the server "
-            "has it, else a read-back); counts: one count per collection",
+            "has it, else a read-back); counts: one count per collection; inserts: the server "
+            "acknowledged every document, no read",
         )
         parallel_collections: int = Field(
             default=DEFAULT_PARALLEL_COLLECTIONS,
@@ -244,6 +249,7 @@ class MongoRestore(Step["MongoRestore.Params"]):
             ) -> None:
                 name = dumped.name
                 made: list[str] = []
+                acknowledged: int | None = None
                 if name not in done:
                     with shared.lock:
                         shared.check()
@@ -264,15 +270,17 @@ class MongoRestore(Step["MongoRestore.Params"]):
                     else:
                         batch = INSERT_BATCH_DOCS
                         workers = params.insertion_workers
-                        count, made = restore_native(
+                        count, made, acknowledged = restore_native(
                             db, dumped, server, warn, advance, shared, batch, workers
                         )
                     ctx.log.info("restored", collection=name, documents=count)
                 else:
                     count = file_counts[name]
                     advance(count)  # restored whole by an earlier attempt
-                # The read-back of this collection overlaps the restore of the others.
-                seen, problem, how = verify_collection(db, dumped, file_counts, params.verify, dbhash)
+                # The verification of this collection overlaps the restore of the others.
+                seen, problem, how = verify_collection(
+                    db, dumped, file_counts, params.verify, dbhash, acknowledged
+                )
                 with shared.lock:
                     found[name] = seen
                     verified_by[name] = how
@@ -306,7 +314,8 @@ class MongoRestore(Step["MongoRestore.Params"]):
             record()
             problems = [mismatched[d.name] for d in chosen if d.name in mismatched]
             with_checksums = params.verify == "checksums" and all(d.checksum is not None for d in chosen)
-            verified = "counts+checksums" if with_checksums else "counts"
+            verified = "inserts" if params.verify == "inserts" else "counts"
+            verified = "counts+checksums" if with_checksums else verified
             found = {d.name: found[d.name] for d in chosen}
             outputs: dict[str, Any] = {
                 "restored": found,

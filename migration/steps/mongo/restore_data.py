@@ -172,13 +172,14 @@ def restore_native(
     shared: Workers,
     batch_docs: int = INSERT_BATCH_DOCS,
     workers: int = 1,
-) -> tuple[int, list[str]]:
+) -> tuple[int, list[str], int | None]:
     """Insert a collection's raw documents in batches (never decoded), then its indexes.
 
     The collection must be absent or empty. ``workers`` threads insert batches at
     once (mongorestore's ``--numInsertionWorkersPerCollection``); their order does not
     matter, as checksums are over ``_id`` order. Returns (documents inserted, indexes
-    made). On FerretDB 1.x an insert command carries at most
+    made, documents the server acknowledged: None under an unacknowledged write
+    concern). On FerretDB 1.x an insert command carries at most
     :data:`~migration.steps.mongo.common.FERRETDB1_STATEMENTS_PER_COMMAND` documents.
     """
     batch_docs = min(batch_docs, server.statements_per_command or batch_docs)
@@ -187,17 +188,21 @@ def restore_native(
     _create_collection(db, dumped.name, dict(options), warn)
     collection = db[dumped.name]
     inserted = [0]
+    acknowledged = [True]
 
     def insert(batch: list[RawBSONDocument]) -> None:
-        collection.insert_many(batch, ordered=True)
+        # Acknowledged and without a BulkWriteError: the server wrote every document.
+        result = collection.insert_many(batch, ordered=True)
         with shared.lock:
             inserted[0] += len(batch)
+            acknowledged[0] = acknowledged[0] and result.acknowledged
         advance(len(batch))
 
     batches = raw_batches_of(iter_documents(dumped.bson), batch_docs, INSERT_BATCH_BYTES)
     consume(batches, insert, workers, shared)
     shared.check()
-    return inserted[0], create_indexes(db, dumped.name, metadata, server, warn)
+    made = create_indexes(db, dumped.name, metadata, server, warn)
+    return inserted[0], made, inserted[0] if acknowledged[0] else None
 
 
 def verify_restored(
@@ -247,8 +252,14 @@ def verify_collection(
     file_counts: dict[str, int],
     level: str,
     dbhash: bool,
+    acknowledged: int | None = None,
 ) -> tuple[int, str | None, str]:
     """(documents found, a problem or None, how it was checked) for one restored collection.
+
+    ``acknowledged``: the documents the server acknowledged inserting (None: not known,
+    as after mongorestore, an earlier attempt, or an unacknowledged write concern). It
+    must equal the dump's count at every level; ``inserts`` checks nothing else (no
+    read), and falls back to one count where it is not known.
 
     ``checksums``: the server's ``dbHash`` where it has one and the file holds the
     documents in ``_id`` order (no documents cross the network; the file's MD5 is
@@ -256,7 +267,12 @@ def verify_collection(
     in ``_id`` order and hashed (``read-back``). ``counts``: one count only.
     """
     expected = dumped.count if dumped.count is not None else file_counts[dumped.name]
-    if level == "counts" or dumped.checksum is None:
+    if acknowledged is not None and acknowledged != expected:
+        problem = f"{dumped.name}: the server acknowledged {acknowledged} documents, the dump has {expected}"
+        return acknowledged, problem, "inserts"
+    if level == "inserts" and acknowledged is not None:
+        return acknowledged, None, "inserts"
+    if level in ("counts", "inserts") or dumped.checksum is None:
         count = db[dumped.name].count_documents({})
         if count != expected:
             return count, f"{dumped.name} has {count} documents, the dump {expected}", "count"
