@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -97,6 +98,11 @@ def main() -> int:
     args = parser.parse_args()
     server = start(args.port, args.heap)
     print(server.url, flush=True)
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM stops the Java server too, as Ctrl-C does
+
+    signal.signal(signal.SIGTERM, stop)
     try:
         server.process.wait()
     except KeyboardInterrupt:

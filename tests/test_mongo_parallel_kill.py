@@ -24,17 +24,27 @@ from migration.steps.mongo.dumpfmt import MANIFEST_NAME, PARTIAL_SUFFIX
 pytestmark = pytest.mark.mongo
 
 NAMES = ["Alpha", "Bravo", "Charlie"]
-DOCS = 2500
 SEED_BATCH = 20  # FerretDB 1.x: never 50 statements in one command
 
 
-def seed(db: Any) -> None:
+@pytest.fixture
+def docs(server_kind: Any) -> int:
+    """Documents a collection: enough batches that a kill lands with several in flight.
+
+    A server without a statement cap takes 1,000 documents an insert, so it needs
+    more of them than FerretDB 1.x's 20 a command to leave a window to kill in.
+    """
+    return 2500 if server_kind.statements_per_command else 20_000
+
+
+def seed(db: Any, docs: int) -> None:
+    batch = SEED_BATCH if docs <= 2500 else 1000
     for name in NAMES:
-        for start in range(0, DOCS, SEED_BATCH):
+        for start in range(0, docs, batch):
             db[name].insert_many(
                 [
                     {"_id": i, "n": i, "text": f"{name} {i} " + "x" * 600}
-                    for i in range(start, start + SEED_BATCH)
+                    for i in range(start, min(start + batch, docs))
                 ]
             )
 
@@ -75,9 +85,9 @@ def step_record(tmp_path: Path) -> dict[str, Any]:
 
 
 def test_backup_killed_with_several_collections_half_dumped_is_redone_whole(
-    mongo_url: str, mongo_db: Any, tmp_path: Path
+    mongo_url: str, mongo_db: Any, tmp_path: Path, docs: int
 ) -> None:
-    seed(mongo_db)
+    seed(mongo_db, docs)
     plan_path = plan(
         tmp_path, f"{{id: backup, uses: mongo.backup, with: {{uri: '{mongo_url}', out: backups}}}}"
     )
@@ -98,16 +108,16 @@ def test_backup_killed_with_several_collections_half_dumped_is_redone_whole(
     outputs = step_record(tmp_path)["outputs"]
     manifest = json.loads((Path(outputs["path"]) / MANIFEST_NAME).read_text())
     assert list(manifest["collections"]) == NAMES  # in name order, whatever finished first
-    assert {n: e["count"] for n, e in manifest["collections"].items()} == dict.fromkeys(NAMES, DOCS)
+    assert {n: e["count"] for n, e in manifest["collections"].items()} == dict.fromkeys(NAMES, docs)
     assert {n: e["checksum"] for n, e in manifest["collections"].items()} == {
         n: collection_checksum(mongo_db, n) for n in NAMES
     }
 
 
 def test_restore_killed_with_several_collections_half_restored_resumes_to_the_backup(
-    mongo_url: str, mongo_db: Any, tmp_path: Path
+    mongo_url: str, mongo_db: Any, tmp_path: Path, docs: int
 ) -> None:
-    seed(mongo_db)
+    seed(mongo_db, docs)
     params = MongoBackup.Params(uri=mongo_url, out=str(tmp_path / "backups"))
     folder = Path(MongoBackup().run(StepContext(step_id="b", params=params, workdir=tmp_path))["path"])
     expected = {n: collection_checksum(mongo_db, n) for n in NAMES}
@@ -120,7 +130,7 @@ def test_restore_killed_with_several_collections_half_restored_resumes_to_the_ba
 
     def half_restored() -> bool:
         counts = [mongo_db[n].count_documents({}) for n in NAMES]
-        return sum(1 for c in counts if 0 < c < DOCS) >= 2
+        return sum(1 for c in counts if 0 < c < docs) >= 2
 
     run_until(tmp_path, plan_path, half_restored, "two collections half-restored")
     progress = step_record(tmp_path)["progress"]

@@ -38,7 +38,10 @@ from migration.steps.mongo.tools import run_tool
 
 def metadata_of(db: Database[Any], name: str) -> tuple[str, list[Any], list[str]]:
     """(``.metadata.json`` text, index specs, index names) of one collection."""
-    spec = next(iter(db.list_collections(filter={"name": name})), None) or {}
+    # The name is checked too: a server may ignore listCollections' filter
+    # (mongo-java-server does), and another collection's options must not be taken.
+    listed = db.list_collections(filter={"name": name})
+    spec = next((entry for entry in listed if entry.get("name") == name), None) or {}
     uuid = (spec.get("info") or {}).get("uuid")
     indexes = list(db[name].list_indexes())
     text = metadata_text(

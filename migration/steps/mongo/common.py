@@ -157,13 +157,28 @@ def server_info(client: MongoClient[Any]) -> dict[str, Any]:
     }
 
 
+COMMAND_NOT_FOUND = 59
+
+
+def hello(client: MongoClient[Any]) -> dict[str, Any]:
+    """The server's ``hello`` reply; ``isMaster`` (its older name, the same fields) on a
+    server without ``hello`` (MongoDB before 4.4.2, some wire-compatible servers: 59)."""
+    try:
+        reply: dict[str, Any] = client.admin.command("hello")
+    except OperationFailure as exc:
+        if exc.code != COMMAND_NOT_FOUND:
+            raise
+        reply = client.admin.command("isMaster")
+    return reply
+
+
 def topology(client: MongoClient[Any]) -> str:
     """``standalone``, ``replica set <name>`` or ``sharded``, from ``hello``."""
-    hello = client.admin.command("hello")
-    if hello.get("msg") == "isdbgrid":
+    reply = hello(client)
+    if reply.get("msg") == "isdbgrid":
         return "sharded"
-    if hello.get("setName"):
-        return f"replica set {hello['setName']}"
+    if reply.get("setName"):
+        return f"replica set {reply['setName']}"
     return "standalone"
 
 

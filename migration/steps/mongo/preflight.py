@@ -5,8 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import Field
-from pymongo import MongoClient
-from pymongo.errors import OperationFailure
 
 from migration.errors import StepError
 from migration.steps.base import Preview, Step, StepContext, StepParams
@@ -16,30 +14,10 @@ from migration.steps.mongo.common import (
     free_disk_bytes,
     human_bytes,
     server_info,
+    topology,
     user_collections,
 )
 from migration.steps.registry import register
-
-COMMAND_NOT_FOUND = 59
-
-
-def topology(client: MongoClient[Any]) -> str:
-    """``standalone``, ``replica set <name>`` or ``sharded``, from ``hello``.
-
-    A server without ``hello`` (MongoDB before 4.4.2, some wire-compatible servers:
-    59 CommandNotFound) is asked ``isMaster``, its older name with the same fields.
-    """
-    try:
-        hello = client.admin.command("hello")
-    except OperationFailure as exc:
-        if exc.code != COMMAND_NOT_FOUND:
-            raise
-        hello = client.admin.command("isMaster")
-    if hello.get("msg") == "isdbgrid":
-        return "sharded"
-    if hello.get("setName"):
-        return f"replica set {hello['setName']}"
-    return "standalone"
 
 
 @register
