@@ -34,6 +34,7 @@ from migration.steps.mongo.documents import (
     same,
 )
 from migration.steps.mongo.operations import OperationOutcome, OperationsProgram
+from migration.steps.mongo.top_level_updates import top_level_update
 from migration.steps.mongo.update_command import UpdateCommand
 
 # FerretDB 1.24 (PostgreSQL backend) holds one pooled PostgreSQL connection per
@@ -113,6 +114,12 @@ class Planner:
                 update = self.function(copy_value(doc))
                 if update is None:
                     return Planned(doc_id, doc, "skipped", "the function returned None")
+                quick = top_level_update(doc, update)
+                if quick is not None:
+                    after, update = quick
+                    if not update:
+                        return Planned(doc_id, doc, "skipped", "no change")
+                    return Planned(doc_id, doc, "write", after=after, update=update)
                 # ``doc`` is as read, so only the values set need their stored form.
                 after = apply_update(doc, update, stored=True)
             else:
