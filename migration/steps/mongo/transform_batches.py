@@ -19,8 +19,10 @@ Per batch, in this order (each step relies on the one before):
 
 from __future__ import annotations
 
+import gc
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,6 +127,27 @@ class RawReader:
         self.cursor.close()
 
 
+@contextmanager
+def _old_objects_frozen() -> Iterator[None]:
+    """The objects alive before the loop (imported modules, the recipe's registry) left
+    out of the garbage collector's full collections while it runs (``gc.freeze``).
+
+    A batch allocates thousands of containers, so the collector runs often; each
+    full collection would walk every object of the process again (measured: 3-15
+    µs a document). Nothing is lost: reference counting still frees them, and
+    they are handed back to the collector (``gc.unfreeze``) when the loop ends.
+    Left alone when something else froze objects already, or disabled the collector.
+    """
+    if gc.get_freeze_count() or not gc.isenabled():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 class BatchLoop:
     """Runs batches from a :class:`Position` until the documents of ``base`` run out."""
 
@@ -159,6 +182,11 @@ class BatchLoop:
         Raises:
             StepError: more than ``max_errors`` errors (outputs: the counters and the log).
         """
+        assert start.log is not None
+        with _old_objects_frozen():
+            return self._run(start)
+
+    def _run(self, start: Position) -> Position:
         assert start.log is not None
         position = Position(start.last_id, dict(start.counters), start.log, start.log_offset)
         log = RecordLog(start.log, start.log_offset or None)
