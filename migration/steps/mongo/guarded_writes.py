@@ -49,7 +49,7 @@ FERRETDB_STATEMENTS_PER_COMMAND = 20
 FERRETDB_STATEMENTS_IN_FLIGHT = FERRETDB_STATEMENTS_PER_COMMAND
 
 
-@dataclass
+@dataclass(slots=True)
 class Planned:
     """One document of a batch: what was read and what should happen to it."""
 
@@ -61,7 +61,7 @@ class Planned:
     update: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(slots=True)
 class Outcome:
     """What happened to a planned document: migrated, skipped, invalid, error or conflict."""
 

@@ -66,7 +66,11 @@ class RecordLog:
         current: Any = None,
     ) -> None:
         before_json = to_json(before)
-        record: dict[str, Any] = {"id": to_json(doc_id), "status": status, "reason": reason}
+        if type(before_json) is dict and type(before) is dict and before.get("_id", _ABSENT) is doc_id:
+            id_json = before_json["_id"]  # converted with the document already
+        else:
+            id_json = to_json(doc_id)
+        record: dict[str, Any] = {"id": id_json, "status": status, "reason": reason}
         record["before"] = before_json
         record["after"] = _json_sharing(after, before, before_json)
         if current is not None:

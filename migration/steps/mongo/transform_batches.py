@@ -73,7 +73,7 @@ class Position:
     log_offset: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class Read:
     """One document as read: its BSON bytes (for the journal) and the decoded document."""
 
@@ -97,7 +97,7 @@ class RawReader:
         self.last_id = last_id
         self.size = size
         self.options: CodecOptions[Any] = collection.codec_options
-        self.pending: deque[bytes] = deque()
+        self.pending: deque[Read] = deque()
         self.cursor = self._open()
 
     def _open(self) -> RawBatchCursor[Any]:
@@ -115,12 +115,13 @@ class RawReader:
                 except CursorNotFound:
                     self.cursor = self._open()
                     continue
-                self.pending.extend(split_raw(chunk))
+                # One C call decodes the whole chunk; the bytes are kept for the journal.
+                docs = bson.decode_all(chunk, self.options)
+                self.pending.extend(map(Read, split_raw(chunk), docs))
                 continue
-            raw = self.pending.popleft()
-            doc = bson.decode(raw, self.options)
-            batch.append(Read(raw, doc))
-            self.last_id = doc["_id"]
+            read = self.pending.popleft()
+            batch.append(read)
+            self.last_id = read.doc["_id"]
         return batch
 
     def close(self) -> None:
