@@ -2,12 +2,11 @@
 
 Planning computes, in Python, each document's after-state and the update that
 produces it (a diff, so what is written is exactly what is logged). Writing sends
-the updates as unordered ``update`` commands (``update_command``), each guarded by
-the values it read; an
-update that did not match is classified by reading the document again: already
-in its after-state on every path the update touches (a batch re-applied after a
-crash, or a concurrent change to other fields only) is ``migrated``; anything
-else is a ``conflict`` and is never overwritten.
+the updates as unordered ``update`` commands (``update_command``), each guarded
+by the values it read; an update that did not match is classified by reading the
+document again: already in its after-state on every path the update touches (a
+batch re-applied after a crash, or a concurrent change to other fields only) is
+``migrated``; anything else is a ``conflict`` and is never overwritten.
 """
 
 from __future__ import annotations
