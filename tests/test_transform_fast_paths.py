@@ -210,6 +210,8 @@ TOP_LEVEL: list[tuple[dict[str, Any], Any]] = [
     (BASE, {"$set": {"o": OID, "x": -(2**31), "y": 2**31 - 1}}),
     (BASE, {"$unset": {"d": "", "l": 1}}),
     (BASE, {"$set": {"a": 1}}),  # no change
+    (BASE, {"$set": {"f": float("nan")}}),
+    ({"_id": 1, "i": Int64(5), "j": Int64(6)}, {"$set": {"i": 5, "j": 7}}),  # Int64(5) is stored 5
     (BASE, {"$set": {}}),
     (BASE, {}),
     ({"_id": 1, "nan": float("nan"), "a": 1}, {"$set": {"a": 2}}),  # NaN: the general path

@@ -49,15 +49,20 @@ def top_level_update(doc: dict[str, Any], update: Any) -> tuple[dict[str, Any], 
     changed: list[str] = []
     for key, value in sets.items():
         kind = type(value)
-        if not _plain_key(key) or kind not in _STORED_AS_GIVEN:
+        if kind not in _STORED_AS_GIVEN or not _plain_key(key):
             return None
         if (kind is int and not _INT32_MIN <= value <= _INT32_MAX) or (kind is str and not _utf8(value)):
             return None
         old = after.get(key, MISSING)
         after[key] = value
-        if old is MISSING or not same(old, value):
+        if old is MISSING:
             changed.append(key)
-    removed = [key for key in doc if key in unsets]
+        elif type(old) is kind:
+            if old != value:  # same() of two values of one of these types (NaN differs, as there)
+                changed.append(key)
+        elif not same(old, value):
+            changed.append(key)
+    removed = [key for key in doc if key in unsets] if unsets else []
     for key in removed:
         del after[key]
     result: dict[str, Any] = {}
