@@ -9,7 +9,9 @@ retried after a lost reply counted as migrated, not as a conflict.
 
 from __future__ import annotations
 
+import gc
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,9 +20,11 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 from pymongo.errors import AutoReconnect, DocumentTooLarge, OperationFailure
 
+from migration.steps.base import StepContext
 from migration.steps.mongo import update_command
 from migration.steps.mongo.documents import apply_update, diff
 from migration.steps.mongo.guarded_writes import GuardedWriter, Planned
+from migration.steps.mongo.transform import MongoTransform
 from migration.steps.mongo.update_command import UpdateCommand, is_retryable, retries_writes
 
 pytestmark = pytest.mark.mongo
@@ -158,3 +162,38 @@ def test_the_collection_write_concern_is_sent(mongo_db: Database[Any]) -> None:
     assert command.write_concern == {"w": 1, "j": True}
     reply = command.send([({"_id": 0, "n": 0}, {"$set": {"n": 1}})])
     assert reply["n"] == 1 and mongo_db.things.find_one({"_id": 0}, {"n": 1}) == {"_id": 0, "n": 1}
+
+
+def test_the_batch_loop_freezes_old_objects_only_while_it_runs(
+    mongo_url: str, mongo_db: Database[Any], tmp_path: Path
+) -> None:
+    """``gc.freeze`` keeps full collections off the objects that existed before the loop;
+    they are handed back when it ends, and a freeze made by someone else is left alone."""
+    seed(mongo_db, 30)
+    counts: list[int] = []
+
+    def record(fields: dict[str, Any]) -> None:
+        counts.append(gc.get_freeze_count())
+
+    params = {"uri": mongo_url, "collection": "things", "function": f"{__name__}:mark", "batch_size": 10}
+    ctx = StepContext(
+        step_id="t", params=MongoTransform.Params.model_validate(params), workdir=tmp_path, on_progress=record
+    )
+    assert gc.get_freeze_count() == 0
+    assert MongoTransform().run(ctx)["migrated"] == 30
+    assert counts and all(count > 0 for count in counts[1:])  # frozen while the batches ran
+    assert gc.get_freeze_count() == 0
+
+    gc.freeze()  # someone else's freeze (a pre-fork server, say) is theirs to undo
+    try:
+        frozen = gc.get_freeze_count()
+        params["log_dir"] = "again"
+        ctx = StepContext(step_id="t", params=MongoTransform.Params.model_validate(params), workdir=tmp_path)
+        MongoTransform().run(ctx)
+        assert gc.get_freeze_count() > frozen // 2  # not unfrozen by the loop (some were freed)
+    finally:
+        gc.unfreeze()
+
+
+def mark(doc: dict[str, Any]) -> dict[str, Any]:
+    return {"$set": {"marked": True}}
