@@ -209,6 +209,8 @@ TOP_LEVEL: list[tuple[dict[str, Any], Any]] = [
     (BASE, {"$set": {"a": True}}),
     (BASE, {"$set": {"o": OID, "x": -(2**31), "y": 2**31 - 1}}),
     (BASE, {"$unset": {"d": "", "l": 1}}),
+    (BASE, {"$unset": {"l": "", "d": ""}}),  # unset in the document's order, as diff does
+    (BASE, {"$set": {"s": "x", "brand_new": 1, "a": 2}}),  # changed in place, then appended
     (BASE, {"$set": {"a": 1}}),  # no change
     (BASE, {"$set": {"f": float("nan")}}),
     ({"_id": 1, "i": Int64(5), "j": Int64(6)}, {"$set": {"i": 5, "j": 7}}),  # Int64(5) is stored 5

@@ -118,7 +118,7 @@ def _json_sharing(value: Any, before: Any, before_json: Any) -> Any:
     """
     if type(value) is not dict or type(before) is not dict or type(before_json) is not dict:
         return to_json(value)
-    if {*map(type, value), *map(type, before)} - {str}:
+    if not (_TEXT.issuperset(map(type, value)) and _TEXT.issuperset(map(type, before))):
         return to_json(value)  # a non-text key: the general path
     converted = {}
     for key, item in value.items():
@@ -133,6 +133,7 @@ def _json_sharing(value: Any, before: Any, before_json: Any) -> Any:
 
 
 _ABSENT = object()
+_TEXT = frozenset({str})
 
 
 class InflightJournal:

@@ -10,8 +10,10 @@ the same pair for a fraction of the cost; anything else goes the general way.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
+from bson.int64 import Int64
 from bson.objectid import ObjectId
 
 from migration.steps.mongo.documents import MISSING, same
@@ -43,10 +45,11 @@ def top_level_update(doc: dict[str, Any], update: Any) -> tuple[dict[str, Any], 
     for key in unsets:
         if not _plain_key(key) or key in sets:
             return None
-    if _has_nan(doc):
+    if not _NO_NAN_TYPES.issuperset(map(type, doc.values())) and _has_nan(doc):
         return None  # diff rewrites a NaN, which never equals itself: keep that path's result
     after = dict(doc)
     changed: list[str] = []
+    in_place = False  # whether a field the document has changed (diff orders those as the document)
     for key, value in sets.items():
         kind = type(value)
         if kind not in _STORED_AS_GIVEN or not _plain_key(key):
@@ -60,19 +63,23 @@ def top_level_update(doc: dict[str, Any], update: Any) -> tuple[dict[str, Any], 
         elif type(old) is kind:
             if old != value:  # same() of two values of one of these types (NaN differs, as there)
                 changed.append(key)
+                in_place = True
         elif not same(old, value):
             changed.append(key)
-    removed = [key for key in doc if key in unsets] if unsets else []
+            in_place = True
+    removed = [key for key in unsets if key in doc]
+    if len(removed) > 1:
+        removed = [key for key in doc if key in unsets]  # diff's order: the document's
     for key in removed:
         del after[key]
     result: dict[str, Any] = {}
     if changed:
-        # diff's order: the fields of ``after`` in their order.
-        result["$set"] = (
-            {key: after[key] for key in after if key in changed}
-            if len(changed) > 1
-            else {changed[0]: after[changed[0]]}
-        )
+        # diff's order: the fields of ``after`` in their order, which is the order of
+        # ``sets`` for fields the document did not have (they are appended).
+        if in_place and len(changed) > 1:
+            result["$set"] = {key: after[key] for key in after if key in changed}
+        else:
+            result["$set"] = {key: after[key] for key in changed}
     if removed:
         result["$unset"] = dict.fromkeys(removed, "")
     return after, result
@@ -106,6 +113,8 @@ def _utf8(text: str) -> bool:
 
 
 _NO_FIELDS: dict[str, Any] = {}
+# Types of a document's values that hold no NaN (a float, a sub-document or an array may).
+_NO_NAN_TYPES = frozenset({str, int, bool, type(None), ObjectId, datetime, Int64})
 # Types a BSON round trip gives back equal and of the same type (ints: 32-bit ones).
 _STORED_AS_GIVEN = frozenset({str, bool, type(None), ObjectId, int, float})
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
