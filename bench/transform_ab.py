@@ -56,15 +56,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--docs", type=int, default=2000)
     parser.add_argument("--small", type=int, default=500, help="the smaller run, for CPU per document")
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=3, help="0: leave out the workers variant")
+    parser.add_argument("--batch-size", type=int, default=None, help="the step's batch_size (default: 500)")
     parser.add_argument("--url", default=None, help="server URL (default: a private FerretDB)")
     args = parser.parse_args(argv)
     server = open_server(args.url)
+    common = {} if args.batch_size is None else {"batch_size": args.batch_size}
     variants = {
-        f"before ({args.before})": (args.before, {}),
-        "after (this tree)": (PROJECT, {}),
-        f"after, workers {args.workers}": (PROJECT, {"workers": args.workers}),
+        f"before ({args.before})": (args.before, common),
+        "after (this tree)": (PROJECT, common),
     }
+    if args.workers > 1:
+        variants[f"after, workers {args.workers}"] = (PROJECT, {**common, "workers": args.workers})
     samples: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
     small: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
     try:
@@ -109,8 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     lines += [
         "",
         f"- client CPU, after / before: {med[names[1]] / med[names[0]]:.2f}",
-        f"- seconds, after / before: {sec[names[1]] / sec[names[0]]:.2f}; "
-        f"workers {args.workers} / one worker: {sec[names[2]] / sec[names[1]]:.2f}",
+        f"- seconds, after / before: {sec[names[1]] / sec[names[0]]:.2f}"
+        + (
+            f"; workers {args.workers} / one worker: {sec[names[2]] / sec[names[1]]:.2f}"
+            if len(names) > 2
+            else ""
+        ),
     ]
     print("\n".join(lines))
     return 0

@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 from bson import ObjectId
 from pydantic import ValidationError
-from pymongo.collection import Collection
 from pymongo.database import Database
 
 from migration.errors import Interrupted, StepError
 from migration.steps.base import StepContext
 from migration.steps.mongo.documents import after_id, decode_id, diff, encode_id, guard
 from migration.steps.mongo.transform import InvalidDocument, MongoTransform
+from migration.steps.mongo.update_command import UpdateCommand
 
 pytestmark = pytest.mark.mongo
 
@@ -177,11 +177,11 @@ def test_rerun_on_a_migrated_collection_changes_nothing(
 
 
 CRASH_MODES = ("before progress is persisted", "after progress is persisted", "between writes")
-REAL_BULK_WRITE = Collection.bulk_write
+REAL_SEND = UpdateCommand.send  # one update command: a chunk of a batch's writes
 
 
 class Dying:
-    """One attempt that dies at call ``crash_at`` of progress or of ``bulk_write``."""
+    """One attempt that dies at call ``crash_at`` of progress or of an update command."""
 
     def __init__(self, mode: str, crash_at: int, saved: dict[str, Any]) -> None:
         self.mode, self.crash_at, self.saved = mode, crash_at, saved
@@ -197,8 +197,8 @@ class Dying:
         if crash:
             raise Crash
 
-    def bulk_write(self, collection: Collection[Any], *args: Any, **kwargs: Any) -> Any:
-        result = REAL_BULK_WRITE(collection, *args, **kwargs)
+    def send(self, command: UpdateCommand, pairs: Any) -> Any:
+        result = REAL_SEND(command, pairs)
         self.write_calls += 1
         if self.mode == "between writes" and self.write_calls == self.crash_at:
             raise Crash
@@ -214,13 +214,13 @@ def _run_with_crashes(
     **params: Any,
 ) -> tuple[dict[str, Any], list[str]]:
     """Run until success, dying at random points: around a progress call, or mid-batch
-    right after one ``bulk_write`` (the rest of the batch unwritten)."""
+    right after one update command (the rest of the batch unwritten)."""
     saved: dict[str, Any] = {}
     story = []
     for attempt in range(crashes + 1):
         dying = Dying(rng.choice(CRASH_MODES) if attempt < crashes else "", rng.randint(1, 6), saved)
         with monkeypatch.context() as patched:
-            patched.setattr(Collection, "bulk_write", lambda c, *a, d=dying, **k: d.bulk_write(c, *a, **k))
+            patched.setattr(UpdateCommand, "send", lambda c, p, d=dying: d.send(c, p))
             try:
                 outputs = transform(url, workdir, resume=dict(saved), on_progress=dying.progress, **params)
             except Crash:
@@ -265,13 +265,13 @@ def test_sigint_mid_batch_stops_cleanly_and_resumes(
     saved: dict[str, Any] = {}
     ctx = context(mongo_url, tmp_path / "work", collection="stopped", on_progress=saved.update, **common)
 
-    def bulk_write_then_sigint(collection: Collection[Any], *args: Any, **kwargs: Any) -> Any:
-        if collection.name == "stopped" and saved.get("last_id") is not None:
+    def send_then_sigint(command: UpdateCommand, pairs: Any) -> Any:
+        if command.name == "stopped" and saved.get("last_id") is not None:
             ctx.stop_flag.set("SIGINT")  # arrives during the second batch's writes
-        return REAL_BULK_WRITE(collection, *args, **kwargs)
+        return REAL_SEND(command, pairs)
 
     with monkeypatch.context() as patched:
-        patched.setattr(Collection, "bulk_write", bulk_write_then_sigint)
+        patched.setattr(UpdateCommand, "send", send_then_sigint)
         with pytest.raises(Interrupted, match="SIGINT"):
             MongoTransform().run(ctx)
     # Under a statement cap a batch is several commands and the stop comes between two:

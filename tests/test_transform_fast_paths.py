@@ -45,6 +45,7 @@ from migration.steps.mongo.documents import (
     to_json,
 )
 from migration.steps.mongo.record_log import InflightJournal, RecordLog, split_raw
+from migration.steps.mongo.top_level_updates import top_level_update
 
 
 def slow_to_json(value: Any) -> Any:
@@ -193,3 +194,72 @@ def test_split_raw_cuts_concatenated_documents_and_refuses_a_torn_one() -> None:
     assert split_raw(b"") == []
     with pytest.raises(ValueError, match="truncated"):
         split_raw(b"".join(raws)[:-3])
+
+
+# --- top_level_update: the general path's (after, diff) for the common update ----------
+
+BASE = {"_id": OID, "a": 1, "s": "text", "n": None, "f": 1.5, "d": {"x": 1}, "l": [1, {"y": 2}],
+        "t": datetime(2021, 1, 1), "big": Int64(2**40)}  # fmt: skip
+TOP_LEVEL: list[tuple[dict[str, Any], Any]] = [
+    (BASE, {"$set": {"a": 2, "new": "v", "s": "text"}, "$unset": {"n": "", "absent": ""}}),
+    (BASE, {"$set": {"zz": True, "aa": None, "a": 1}}),  # new fields keep the function's order
+    (BASE, {"$set": {"t": "now text", "a": "one", "f": 1.5}}),  # existing fields keep the document's
+    (BASE, {"$set": {"f": 1}}),  # 1 is not 1.5, nor is 1 the same as 1.0
+    (BASE, {"$set": {"a": 1.0}}),
+    (BASE, {"$set": {"a": True}}),
+    (BASE, {"$set": {"o": OID, "x": -(2**31), "y": 2**31 - 1}}),
+    (BASE, {"$unset": {"d": "", "l": 1}}),
+    (BASE, {"$unset": {"l": "", "d": ""}}),  # unset in the document's order, as diff does
+    (BASE, {"$set": {"s": "x", "brand_new": 1, "a": 2}}),  # changed in place, then appended
+    (BASE, {"$set": {"a": 1}}),  # no change
+    (BASE, {"$set": {"f": float("nan")}}),
+    ({"_id": 1, "i": Int64(5), "j": Int64(6)}, {"$set": {"i": 5, "j": 7}}),  # Int64(5) is stored 5
+    (BASE, {"$set": {}}),
+    (BASE, {}),
+    ({"_id": 1, "nan": float("nan"), "a": 1}, {"$set": {"a": 2}}),  # NaN: the general path
+    ({"_id": 1, "deep": {"l": [float("nan")]}}, {"$set": {"a": 2}}),
+    (BASE, {"$set": {"big": 2**31}}),  # stored as Int64: the general path
+    (BASE, {"$set": {"when": datetime(2021, 1, 1, 0, 0, 0, 123456)}}),  # milliseconds: general
+    (BASE, {"$set": {"d": {"x": 2}}}),  # a sub-document: general (diff goes inside)
+    (BASE, {"$set": {"d.x": 2}}),
+    (BASE, {"$set": {"_id": 5}}),
+    (BASE, {"$set": {"a": 2}, "$unset": {"a": ""}}),
+    (BASE, {"$rename": {"a": "b"}}),
+    (BASE, {"$inc": {"a": 1}}),
+    (BASE, {"$set": {"$bad": 1}}),
+    (BASE, {"$set": {"": 1}}),
+    (BASE, {"$set": {"s": "lone \ud800 surrogate"}}),
+    (BASE, {"$set": {"s": "ünïcödé"}}),
+    (BASE, {"$set": {"s": Code("x")}}),  # a str subclass: general
+    (BASE, {"$set": ["not", "a", "dict"]}),
+    (BASE, "not an update"),
+]
+
+
+def general(doc: dict[str, Any], update: Any) -> Any:
+    try:
+        after = apply_update(doc, update, stored=True)
+        return list(after.items()), [(op, list(fields.items())) for op, fields in diff(doc, after).items()]
+    except UpdateError as exc:
+        return f"UpdateError: {exc}"
+
+
+@pytest.mark.parametrize(("doc", "update"), TOP_LEVEL, ids=repr)
+def test_top_level_update_is_the_general_path(doc: dict[str, Any], update: Any) -> None:
+    doc = bson.decode(bson.encode(doc))
+    kept = repr(doc)
+    quick = top_level_update(doc, update)
+    if quick is not None:
+        after, written = quick
+        got = list(after.items()), [(op, list(fields.items())) for op, fields in written.items()]
+        assert repr(got) == repr(general(doc, update))
+    assert repr(doc) == kept  # the document read is left as it was
+
+
+def test_top_level_update_takes_the_recipes_updates() -> None:
+    doc = bson.decode(bson.encode({**BASE, "swift_bic_iban": " GB82 WEST 1234 5698 7654 32 "}))
+    update = {"$set": {"iban_number": "GB82WEST12345698765432", "swift_bic_number": None},
+              "$unset": {"swift_bic_iban": ""}}  # fmt: skip
+    quick = top_level_update(doc, update)
+    assert quick is not None and repr(list(quick[0].items())) == repr(general(doc, update)[0])
+    assert quick[1] == update

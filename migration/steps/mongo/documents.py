@@ -286,7 +286,7 @@ def to_json(value: Any) -> Any:
     kind = type(value)
     if kind in _JSON_SCALARS:
         return value
-    if kind is dict and (not value or set(map(type, value)) == _STR_ONLY):
+    if kind is dict and _STR_ONLY.issuperset(map(type, value)):
         return {k: v if type(v) in _JSON_SCALARS else to_json(v) for k, v in value.items()}
     if kind is list:
         return [v if type(v) in _JSON_SCALARS else to_json(v) for v in value]
@@ -305,7 +305,7 @@ def to_json(value: Any) -> Any:
 
 
 _JSON_SCALARS = frozenset({str, int, bool, type(None)})
-_STR_ONLY = {str}
+_STR_ONLY = frozenset({str})
 _EPOCH = datetime(1970, 1, 1)
 
 

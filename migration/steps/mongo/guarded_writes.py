@@ -2,11 +2,11 @@
 
 Planning computes, in Python, each document's after-state and the update that
 produces it (a diff, so what is written is exactly what is logged). Writing sends
-the updates with unordered ``bulk_write``, each guarded by the values it read; an
-update that did not match is classified by reading the document again: already
-in its after-state on every path the update touches (a batch re-applied after a
-crash, or a concurrent change to other fields only) is ``migrated``; anything
-else is a ``conflict`` and is never overwritten.
+the updates as unordered ``update`` commands (``update_command``), each guarded
+by the values it read; an update that did not match is classified by reading the
+document again: already in its after-state on every path the update touches (a
+batch re-applied after a crash, or a concurrent change to other fields only) is
+``migrated``; anything else is a ``conflict`` and is never overwritten.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 from pymongo import UpdateOne
 from pymongo.collection import Collection
-from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
+from pymongo.errors import BulkWriteError, DocumentTooLarge, OperationFailure, PyMongoError
 
 from migration.errors import InvalidDocument
 from migration.steps.mongo.documents import (
@@ -33,6 +33,8 @@ from migration.steps.mongo.documents import (
     same,
 )
 from migration.steps.mongo.operations import OperationOutcome, OperationsProgram
+from migration.steps.mongo.top_level_updates import top_level_update
+from migration.steps.mongo.update_command import UpdateCommand
 
 # FerretDB 1.24 (PostgreSQL backend) holds one pooled PostgreSQL connection per
 # statement of an ``update`` command until the command ends; its pool has 50, so
@@ -46,7 +48,7 @@ FERRETDB_STATEMENTS_PER_COMMAND = 20
 FERRETDB_STATEMENTS_IN_FLIGHT = FERRETDB_STATEMENTS_PER_COMMAND
 
 
-@dataclass
+@dataclass(slots=True)
 class Planned:
     """One document of a batch: what was read and what should happen to it."""
 
@@ -58,7 +60,7 @@ class Planned:
     update: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(slots=True)
 class Outcome:
     """What happened to a planned document: migrated, skipped, invalid, error or conflict."""
 
@@ -111,6 +113,12 @@ class Planner:
                 update = self.function(copy_value(doc))
                 if update is None:
                     return Planned(doc_id, doc, "skipped", "the function returned None")
+                quick = top_level_update(doc, update)
+                if quick is not None:
+                    after, update = quick
+                    if not update:
+                        return Planned(doc_id, doc, "skipped", "no change")
+                    return Planned(doc_id, doc, "write", after=after, update=update)
                 # ``doc`` is as read, so only the values set need their stored form.
                 after = apply_update(doc, update, stored=True)
             else:
@@ -147,6 +155,7 @@ class GuardedWriter:
         concurrent_writers: int = 1,
     ) -> None:
         self.collection = collection
+        self.command = UpdateCommand(collection)
         self.chunk = 0
         if ferretdb:
             shared = max(1, FERRETDB_STATEMENTS_IN_FLIGHT // max(1, concurrent_writers))
@@ -188,17 +197,34 @@ class GuardedWriter:
     def _bulk(self, chunk: list[Planned]) -> tuple[int, dict[int, str]]:
         pairs = [(guard(p.doc_id, p.before, p.update), p.update) for p in chunk]
         try:
+            reply = self.command.send(pairs)
+        except DocumentTooLarge:
+            return self._bulk_write(pairs)  # too large for one command: bulk_write splits it
+        except OperationFailure:
+            # FerretDB 1.x fails a whole command on a duplicate key: find the failing
+            # updates one by one.
+            return self._one_by_one(pairs)
+        if not isinstance(reply.get("n"), int):
+            # FerretDB 1.x leaves n/nModified out of a reply that has write errors.
+            return self._one_by_one(pairs)
+        return reply["n"], self._write_errors(reply.get("writeErrors") or [])
+
+    def _write_errors(self, entries: list[dict[str, Any]]) -> dict[int, str]:
+        return {
+            int(e["index"]): self.redact(_with_code(e.get("errmsg", "write failed"), e.get("code")))
+            for e in entries
+        }
+
+    def _bulk_write(self, pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> tuple[int, dict[int, str]]:
+        """The chunk through ``bulk_write``, which splits it by size: for a chunk too large for one."""
+        try:
             result = self.collection.bulk_write(
                 [UpdateOne(condition, update) for condition, update in pairs], ordered=False
             )
             return result.matched_count, {}
         except BulkWriteError as exc:
             details = exc.details or {}
-            errors = {
-                int(e["index"]): self.redact(_with_code(e.get("errmsg", "write failed"), e.get("code")))
-                for e in details.get("writeErrors", [])
-            }
-            return int(details.get("nMatched", 0)), errors
+            return int(details.get("nMatched", 0)), self._write_errors(details.get("writeErrors", []))
         except (KeyError, OperationFailure):
             # FerretDB 1.x leaves n/nModified out of a reply that has write errors
             # (pymongo then fails merging it), and fails a whole command on a

@@ -55,7 +55,7 @@ class MongoTransform(Step["MongoTransform.Params"]):
     ``migration.errors.InvalidDocument`` marks it invalid (left as it is), any other
     exception is an error. Or declarative ``operations`` (``set``, ``unset``, ``rename``,
     ``split``; each described below). Each batch is written
-    with unordered ``bulk_write`` of updates guarded by the values read
+    with unordered ``update`` commands of updates guarded by the values read
     (``{_id, field: value read}``, ``{$exists: false}`` for an absent field;
     embedded documents and arrays are not guarded, the ``_id`` and the scalar
     fields are; on FerretDB in commands of 20 updates, as larger ones exhaust its

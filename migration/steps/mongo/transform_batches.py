@@ -19,8 +19,10 @@ Per batch, in this order (each step relies on the one before):
 
 from __future__ import annotations
 
+import gc
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,7 +73,7 @@ class Position:
     log_offset: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class Read:
     """One document as read: its BSON bytes (for the journal) and the decoded document."""
 
@@ -95,7 +97,7 @@ class RawReader:
         self.last_id = last_id
         self.size = size
         self.options: CodecOptions[Any] = collection.codec_options
-        self.pending: deque[bytes] = deque()
+        self.pending: deque[Read] = deque()
         self.cursor = self._open()
 
     def _open(self) -> RawBatchCursor[Any]:
@@ -113,16 +115,38 @@ class RawReader:
                 except CursorNotFound:
                     self.cursor = self._open()
                     continue
-                self.pending.extend(split_raw(chunk))
+                # One C call decodes the whole chunk; the bytes are kept for the journal.
+                docs = bson.decode_all(chunk, self.options)
+                self.pending.extend(map(Read, split_raw(chunk), docs))
                 continue
-            raw = self.pending.popleft()
-            doc = bson.decode(raw, self.options)
-            batch.append(Read(raw, doc))
-            self.last_id = doc["_id"]
+            read = self.pending.popleft()
+            batch.append(read)
+            self.last_id = read.doc["_id"]
         return batch
 
     def close(self) -> None:
         self.cursor.close()
+
+
+@contextmanager
+def _old_objects_frozen() -> Iterator[None]:
+    """The objects alive before the loop (imported modules, the recipe's registry) left
+    out of the garbage collector's full collections while it runs (``gc.freeze``).
+
+    A batch allocates thousands of containers, so the collector runs often; each
+    full collection would walk every object of the process again (measured: 3-15
+    µs a document). Nothing is lost: reference counting still frees them, and
+    they are handed back to the collector (``gc.unfreeze``) when the loop ends.
+    Left alone when something else froze objects already, or disabled the collector.
+    """
+    if gc.get_freeze_count() or not gc.isenabled():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 class BatchLoop:
@@ -159,6 +183,11 @@ class BatchLoop:
         Raises:
             StepError: more than ``max_errors`` errors (outputs: the counters and the log).
         """
+        assert start.log is not None
+        with _old_objects_frozen():
+            return self._run(start)
+
+    def _run(self, start: Position) -> Position:
         assert start.log is not None
         position = Position(start.last_id, dict(start.counters), start.log, start.log_offset)
         log = RecordLog(start.log, start.log_offset or None)
