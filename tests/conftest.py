@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,16 @@ PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT / "scripts"))
 
 import testdb  # noqa: E402
+
+
+def _end_like_ctrl_c(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A SIGTERM (a CI time limit, a `kill`) ends the session as Ctrl-C does, so the
+    # session fixtures' finalizers run and the servers they started do not outlive it.
+    signal.signal(signal.SIGTERM, _end_like_ctrl_c)
 
 
 def _docker_answers() -> bool:
