@@ -25,7 +25,12 @@ from migration.steps.mongo import update_command
 from migration.steps.mongo.documents import apply_update, diff
 from migration.steps.mongo.guarded_writes import GuardedWriter, Planned
 from migration.steps.mongo.transform import MongoTransform
-from migration.steps.mongo.update_command import UpdateCommand, is_retryable, retries_writes
+from migration.steps.mongo.update_command import (
+    UpdateCommand,
+    is_retryable,
+    retries_writes,
+    write_concern_failure,
+)
 
 pytestmark = pytest.mark.mongo
 
@@ -197,3 +202,29 @@ def test_the_batch_loop_freezes_old_objects_only_while_it_runs(
 
 def mark(doc: dict[str, Any]) -> dict[str, Any]:
     return {"$set": {"marked": True}}
+
+
+TIMED_OUT = "waiting for replication timed out"
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        # an update command's reply
+        {"n": 3, "nModified": 3, "writeConcernError": {"code": 64, "errmsg": TIMED_OUT}},
+        # a BulkWriteError's details
+        {"nMatched": 3, "writeConcernErrors": [{"code": 64, "errmsg": TIMED_OUT}]},
+    ],
+)
+def test_a_write_concern_error_fails_the_step_saying_what_happened(reply: dict[str, Any]) -> None:
+    # No server here refuses a write concern (FerretDB and the wire server accept w: 50),
+    # so the reply is written out as MongoDB sends it (code 64 WriteConcernFailed).
+    failed = write_concern_failure(reply, {"w": "majority", "wtimeout": 5000})
+    assert failed is not None
+    assert str(failed) == (
+        "the server applied a batch but could not confirm the write concern "
+        "{'w': 'majority', 'wtimeout': 5000}: waiting for replication timed out (code 64); "
+        "the batch is journaled: a re-run re-reads it and finishes it"
+    )
+    assert write_concern_failure({"n": 3, "nModified": 3}, None) is None
+    assert write_concern_failure({"nMatched": 3, "writeConcernErrors": []}, None) is None

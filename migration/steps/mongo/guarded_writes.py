@@ -34,7 +34,7 @@ from migration.steps.mongo.documents import (
 )
 from migration.steps.mongo.operations import OperationOutcome, OperationsProgram
 from migration.steps.mongo.top_level_updates import top_level_update
-from migration.steps.mongo.update_command import UpdateCommand
+from migration.steps.mongo.update_command import UpdateCommand, write_concern_failure
 
 # FerretDB 1.24 (PostgreSQL backend) holds one pooled PostgreSQL connection per
 # statement of an ``update`` command until the command ends; its pool has 50, so
@@ -204,6 +204,9 @@ class GuardedWriter:
             # FerretDB 1.x fails a whole command on a duplicate key: find the failing
             # updates one by one.
             return self._one_by_one(pairs)
+        failed = write_concern_failure(reply, self.command.write_concern)
+        if failed is not None:
+            raise failed
         if not isinstance(reply.get("n"), int):
             # FerretDB 1.x leaves n/nModified out of a reply that has write errors.
             return self._one_by_one(pairs)
@@ -224,6 +227,9 @@ class GuardedWriter:
             return result.matched_count, {}
         except BulkWriteError as exc:
             details = exc.details or {}
+            failed = write_concern_failure(details, self.command.write_concern)
+            if failed is not None:
+                raise failed from exc
             return int(details.get("nMatched", 0)), self._write_errors(details.get("writeErrors", []))
         except (KeyError, OperationFailure):
             # FerretDB 1.x leaves n/nModified out of a reply that has write errors

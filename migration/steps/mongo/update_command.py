@@ -20,17 +20,22 @@ What ``bulk_write`` did besides, kept here:
   not match its guard the second time, and the caller's re-read counts it as
   migrated (the same path a batch re-applied after a crash takes).
 
-A write concern error in the reply is left there, as ``bulk_write``'s
-``BulkWriteError`` carried it and the writer ignored it; write errors are the
-reply's ``writeErrors``.
+Write errors are the reply's ``writeErrors``. A write concern error (the
+statements were applied, but not as durably as asked: a replica set that did not
+acknowledge in time) fails the step through :func:`write_concern_failure`: the
+batch is journaled and not recorded as done, so a re-run re-reads it and finds
+what was applied.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from pymongo.collection import Collection
 from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError
+
+from migration.errors import StepError
 
 # Topologies where pymongo retries a write once (retryable writes).
 _RETRYING_TOPOLOGIES = frozenset({"ReplicaSetWithPrimary", "Sharded", "LoadBalanced"})
@@ -86,3 +91,19 @@ class UpdateCommand:
             command["writeConcern"] = self.write_concern
         reply: dict[str, Any] = self.database.command(command, codec_options=self.codec_options)
         return reply
+
+
+def write_concern_failure(reply: Mapping[str, Any], asked: dict[str, Any] | None) -> StepError | None:
+    """The error to fail with when ``reply`` (an ``update`` reply, or a ``BulkWriteError``'s
+    details) carries a write concern error; None when it does not."""
+    found = reply.get("writeConcernError") or next(iter(reply.get("writeConcernErrors") or []), None)
+    if not found:
+        return None
+    code = found.get("code")
+    message = found.get("errmsg") or "write concern failed"
+    return StepError(
+        f"the server applied a batch but could not confirm the write concern {asked or 'default'}: "
+        f"{message}"
+        + (f" (code {code})" if isinstance(code, int) else "")
+        + "; the batch is journaled: a re-run re-reads it and finishes it"
+    )
