@@ -530,10 +530,7 @@ def test_a_filter_the_server_rejects_fails_before_anything_is_written(
     assert not (tmp_path / "backups").exists()
 
 
-def test_a_missing_collection_is_an_error(
-    mongo_url: str, mongo_db: Database[Any], server_caps: Any, tmp_path: Path
-) -> None:
-    server_caps.skip_without("list_collections_filter")
+def test_a_missing_collection_is_an_error(mongo_url: str, mongo_db: Database[Any], tmp_path: Path) -> None:
     seed(mongo_db, "things", 1)
     ctx = context(mongo_url, tmp_path, collection="Things", function=f"{THIS}:relabel")
     with pytest.raises(StepError, match="collection 'Things' does not exist"):

@@ -182,6 +182,15 @@ def topology(client: MongoClient[Any]) -> str:
     return "standalone"
 
 
+def collection_exists(db: Database[Any], name: str) -> bool:
+    """Whether ``db`` has a collection (or view) called ``name``.
+
+    The name is checked in the answer too: a server may ignore listCollections'
+    filter and list every collection (mongo-java-server does).
+    """
+    return name in db.list_collection_names(filter={"name": name})
+
+
 def user_collections(db: Database[Any]) -> list[str]:
     """Names of the database's plain collections (no views, no ``system.*``), sorted."""
     names = []

@@ -17,7 +17,7 @@ from migration.errors import InvalidDocument, StepError
 from migration.steps.base import Preview, Step, StepContext, StepParams
 from migration.steps.callables import check_spec
 from migration.steps.mongo import pipeline, transform_report
-from migration.steps.mongo.common import connect, detect_server
+from migration.steps.mongo.common import collection_exists, connect, detect_server
 from migration.steps.mongo.documents import MISSING, decode_id, encode_id, get_path, show_id, to_json
 from migration.steps.mongo.guarded_writes import GuardedWriter, Planned
 from migration.steps.mongo.operations import Operation, describe
@@ -223,7 +223,7 @@ class _Run:
 
     def _existing_collection(self) -> Collection[Any]:
         name = self.params.collection
-        if not self.db.list_collection_names(filter={"name": name}):
+        if not collection_exists(self.db, name):
             raise StepError(f"collection {name!r} does not exist in database {self.db.name!r}")
         return self.db[name]
 

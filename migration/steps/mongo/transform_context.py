@@ -25,6 +25,7 @@ from pymongo.database import Database
 
 from migration.errors import StepError
 from migration.steps.callables import load_callable
+from migration.steps.mongo.common import collection_exists
 from migration.steps.mongo.documents import copy_value
 from migration.steps.mongo.guarded_writes import Planner
 from migration.steps.mongo.lookups import LookupOperation
@@ -123,9 +124,7 @@ def make_planner(
         return Planner(caller, None, redact, caller.prepare if caller.hook is not None else None)
     assert operations is not None
     for operation in operations:
-        if isinstance(operation, LookupOperation) and not db.list_collection_names(
-            filter={"name": operation.lookup.from_}
-        ):
+        if isinstance(operation, LookupOperation) and not collection_exists(db, operation.lookup.from_):
             raise StepError(
                 f"lookup: collection {operation.lookup.from_!r} does not exist in database {db.name!r}"
             )
