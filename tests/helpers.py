@@ -259,13 +259,6 @@ def skip_without(kind: Any, feature: str) -> None:
 COMMAND_NOT_FOUND = 59
 
 
-def _probe_list_collections_filter(db: Any) -> str | None:
-    db.create_collection("cap_listed")
-    if db.list_collection_names(filter={"name": "cap_not_there"}):
-        return "the server ignores listCollections' filter (it lists every collection)"
-    return None
-
-
 def _probe_typed_set(db: Any) -> str | None:
     db.cap_typed.insert_one({"_id": 1, "v": 3})
     db.cap_typed.update_one({"_id": 1}, {"$set": {"v": 3.0}})
@@ -307,7 +300,6 @@ def _probe_users(db: Any) -> str | None:
 
 
 PROBES: dict[str, Callable[[Any], str | None]] = {
-    "list_collections_filter": _probe_list_collections_filter,
     "typed_set": _probe_typed_set,
     "write_concern_refused": _probe_write_concern_refused,
     "collection_uuid": _probe_collection_uuid,
