@@ -9,7 +9,8 @@ It prints the URL to use as ``--url`` (or ``MIGRATION_TEST_MONGO_URL``). The ser
 is mongo-java-server 1.46 (Maven Central) with its in-memory backend: commands of
 any number of statements, so client CPU per document is measured with the batch
 sizes a MongoDB would take (1,000 documents an insert, 1,000 updates a command).
-It is a benchmark peer, not a test server: it has no sessions, no ``dbHash`` and
+It is a benchmark peer (and a second server to run the mongo suite on, for
+portability), not CI's server: it has no sessions, no ``dbHash`` and
 no validators, and its own speed says nothing about MongoDB's. Needs Java 17+ and
 Maven (``mvn``) on PATH; the classpath and classes go to ``~/.cache/migration/``.
 """
