@@ -119,7 +119,7 @@ def seeded(mongo_db: Any) -> Any:
 
 
 def test_backup_writes_mongodump_layout_manifest_and_stats(
-    mongo_url: str, seeded: Any, tmp_path: Path
+    mongo_url: str, seeded: Any, tmp_path: Path, server_caps: Any
 ) -> None:
     outputs = MongoBackup().run(backup_ctx(tmp_path, uri=mongo_url))
 
@@ -147,7 +147,15 @@ def test_backup_writes_mongodump_layout_manifest_and_stats(
     stats = json.loads((folder / "stats.json").read_text())
     assert stats["collections"] == outputs["collections"]
     metadata = json.loads((dump / "User.metadata.json").read_text())
-    assert list(metadata) == ["options", "indexes", "uuid", "collectionName", "type"]
+    # mongodump leaves uuid out when the server gives collections none.
+    with_uuid = server_caps.limit("collection_uuid") is None
+    assert list(metadata) == [
+        "options",
+        "indexes",
+        *(["uuid"] if with_uuid else []),
+        "collectionName",
+        "type",
+    ]
     assert {i["name"] for i in metadata["indexes"]} == {"_id_", "email_1", "rank_active"}
     assert not list((tmp_path / "backups").glob("*.partial"))
 
@@ -530,9 +538,12 @@ def test_memory_stays_flat_however_large_the_collection(
     finally:
         tracemalloc.stop()
     assert backup["bytes"] > 30_000_000
-    # About 30 MB went through each way; a copy in memory would show here.
+    # About 30 MB went through each way; a copy in memory would show here. The
+    # restore holds a bounded number of insert batches (the queue of 2 a worker, the
+    # one being sent and its encoded command): ~1 MB each where a server takes 1,000
+    # documents an insert, so up to ~9 MB there whatever the collection's size.
     assert backup_peak < 8_000_000
-    assert restore_peak < 8_000_000
+    assert restore_peak < 12_000_000
 
 
 def test_raw_batches_are_the_bytes_find_raw_batches_gives(

@@ -86,16 +86,15 @@ def metadata_text(
     options: dict[str, Any] | None = None,
     kind: str = "collection",
 ) -> str:
-    """A ``.metadata.json`` in mongodump's format (canonical extended JSON)."""
-    document = SON(
-        [
-            ("options", options or {}),
-            ("indexes", indexes),
-            ("uuid", uuid),
-            ("collectionName", collection),
-            ("type", kind),
-        ]
-    )
+    """A ``.metadata.json`` in mongodump's format (canonical extended JSON).
+
+    ``uuid`` is left out when the server gives none, as mongodump does (its
+    ``Metadata.UUID`` is ``bson:"uuid,omitempty"``).
+    """
+    fields: list[tuple[str, Any]] = [("options", options or {}), ("indexes", indexes)]
+    if uuid:
+        fields.append(("uuid", uuid))
+    document = SON([*fields, ("collectionName", collection), ("type", kind)])
     return json_util.dumps(document, json_options=CANONICAL_JSON_OPTIONS, separators=(",", ":"))
 
 
