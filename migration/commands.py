@@ -138,9 +138,10 @@ def run(request: RunRequest) -> RunDoc:
             reconcile(current, loaded)
             note_holder(current)
             state = current
-            resume_vars.carry_over(state, inputs, redactor())  # the first run's --var values
+            changed = resume_vars.carry_over(state, inputs, redactor())  # the first run's --var values
             # vars are rendered again on resume: they are not stored (they may hold env values)
             context = run_context(inputs, state["run_id"], state["started_at"], redactor())
+            _warn_masked(changed, loaded.plan, context)
             log.info("resuming", run_id=state["run_id"], status=state["status"])
         else:
             if request.resume_only:
@@ -251,6 +252,14 @@ def _options(request: RunRequest) -> RunOptions:
     )
 
 
+def _warn_masked(warnings: list[str], plan: Plan, context: TemplateContext) -> None:
+    """Log ``--var`` differences once the redactor knows every secret the steps show."""
+    if warnings:
+        resume_vars.learn_secrets_of_steps(plan, context, redactor())
+    for text in warnings:
+        log.warning(text)
+
+
 def rollback(request: RunRequest) -> RunDoc:
     """Run (or finish) the rollback of the plan's latest run."""
     inputs = prepare(
@@ -284,8 +293,9 @@ def rollback(request: RunRequest) -> RunDoc:
         note_holder(state)
         # The rollback undoes what the run did with its own --var values (a backup
         # folder, a target database), not the plan's defaults.
-        resume_vars.carry_over(state, inputs, redactor(), doing="rollback")
+        changed = resume_vars.carry_over(state, inputs, redactor(), doing="rollback")
         context = run_context(inputs, state["run_id"], state["started_at"], redactor())
+        _warn_masked(changed, loaded.plan, context)
         runner = Runner(loaded.plan, store, state, context, _options(request), redactor())
         watch.flag = runner.stop_flag
         runner.check_other_hosts(rollback=True)

@@ -138,6 +138,11 @@ class Previewer:
                 self.out(f"{key}: see the preview below", indent + 2)
             else:
                 self.out(f"{key}: {_fmt(value)}", indent + 2)
+        if spec.uses == HANDLER_USES and "<steps." in _fmt(rendered):
+            # A handler takes any arguments: placeholders would reach its own preview
+            # as if they were values (a backup folder named "<steps.backup...>").
+            self.out("preview: depends on outputs of earlier steps; shown at run time", indent + 2)
+            return
         try:
             params = step_type.Params.model_validate(rendered)
         except ValidationError:

@@ -13,6 +13,7 @@ it undoes what the run did with the run's own values.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -23,7 +24,9 @@ from migration.plan import templates
 from migration.plan.model import Plan
 from migration.secrets import Redactor
 from migration.state.document import RunDoc, VarValue
+from migration.steps.base import Step
 from migration.steps.registry import get_step_type
+from migration.steps.rollback_handler import handler_step_type
 
 log = structlog.get_logger("migration")
 
@@ -55,11 +58,16 @@ def learn_secrets_of_steps(plan: Plan, context: TemplateContext, into: Redactor)
     specs = [*plan.all_steps(), *(s for p in plan.phases for s in p.rollback), *plan.rollback_steps()]
     steps = {s.id: {"outputs": templates.Placeholder(f"steps.{s.id}.outputs")} for s in specs}
     values = {**context.as_dict(), "steps": steps}
-    for spec in specs:
+    typed: list[tuple[Callable[[str], type[Step[Any]] | None], str, dict[str, Any]]] = [
+        (get_step_type, spec.uses, spec.with_) for spec in specs
+    ]
+    if not isinstance(plan.rollback, list):  # a handler's with: is rendered like a step's
+        typed.append((handler_step_type, plan.rollback.handler, plan.rollback.with_))
+    for find, name, with_ in typed:
         try:
-            step_type = get_step_type(spec.uses)
+            step_type = find(name)
             if step_type is not None:
-                into.learn(render_with(step_type, spec.with_, values))
+                into.learn(render_with(step_type, with_, values))
         except (templates.TemplateError, MigrationError):
             continue  # the run reports it at that step
     return into
@@ -73,9 +81,12 @@ def _show(value: Any) -> str:
     return json.dumps(value, default=str, ensure_ascii=False)
 
 
-def carry_over(state: RunDoc, inputs: RunInputs, redact: Redactor, doing: str = "resume") -> None:
+def carry_over(state: RunDoc, inputs: RunInputs, redact: Redactor, doing: str = "resume") -> list[str]:
     """Fill ``inputs.overrides`` for resuming (or rolling back) ``state``: the first run's
     values where none is given; a warning for each value that differs from the first run's.
+
+    Returns the warnings about values that differ, to be logged once the run's
+    redactor knows every secret the steps show (a changed value may be one).
 
     Raises:
         UsageError: the first run had a secret ``--var`` (stored masked) that is not given again.
@@ -83,13 +94,14 @@ def carry_over(state: RunDoc, inputs: RunInputs, redact: Redactor, doing: str = 
     run_id = state["run_id"]
     given = inputs.overrides
     first = state.get("var_values")
+    warnings: list[str] = []
     if first is None:  # a run started before values were stored: only the names are known
         for name in sorted(set(state.get("var_overrides") or ()) - set(given)):
-            log.warning(
+            warnings.append(
                 f"run {run_id} was started with --var {name}; its value was not recorded: "
                 f"the plan's value is used unless you give --var {name}=... again"
             )
-        return
+        return warnings
     secrets_missing = sorted(n for n, v in first.items() if v.get("masked") and n not in given)
     if secrets_missing:
         flags = " ".join(f"--var {n}=..." for n in secrets_missing)
@@ -101,13 +113,19 @@ def carry_over(state: RunDoc, inputs: RunInputs, redact: Redactor, doing: str = 
         if name not in given:
             given[name] = entry.get("value")
             log.info(f"{doing} keeps --var {name}={_show(entry.get('value'))} from the start of run {run_id}")
-        elif redact(given[name]) != entry.get("value"):  # a masked one: compared as masked
-            log.warning(
+        elif entry.get("masked"):
+            # A secret given again: never compared or shown (the redactor may not know
+            # it yet, when it is a secret only where a step uses it); masked from now on.
+            if isinstance(given[name], str):
+                redact.add(given[name])
+        elif given[name] != entry.get("value"):
+            warnings.append(
                 f"--var {name}: run {run_id} started with {_show(entry.get('value'))}, now "
-                f"{_show(redact(given[name]))}; {_gerund(doing)} with the new value"
+                f"{_show(given[name])}; {_gerund(doing)} with the new value"
             )
     for name in sorted(set(given) - set(first)):
-        log.warning(
+        warnings.append(
             f"--var {name}: not given when run {run_id} started (the plan's value then); "
             f"{_gerund(doing)} with {_show(given[name])}"
         )
+    return warnings

@@ -234,3 +234,45 @@ def test_docs_show_the_example_plugin_as_it_is() -> None:
     docs = (PROJECT / "docs" / "plugins.md").read_text()
     for path in (EXAMPLE / "pyproject.toml", EXAMPLE / "migration_k8s" / "__init__.py"):
         assert path.read_text() in docs, f"docs/plugins.md shows an old copy of {path.name}"
+
+
+def test_a_broken_rollback_handler_is_a_plan_error_naming_its_line(tmp_path: Path, site: Path) -> None:
+    (site / "broken_handler.py").write_text("x = 1\ndef put_back(ctx:\n    pass\n")
+    (site / "handler_deps.py").write_text("import json\nimport not_installed_either\n")
+    install_distribution(
+        site,
+        "broken-handlers",
+        "1.0",
+        {"migration.rollback_handlers": {"put-back": "broken_handler:put_back", "deps": "handler_deps:f"}},
+    )
+    for name, where in (("put-back", "SyntaxError"), ("deps", "ModuleNotFoundError")):
+        write_plan(
+            tmp_path / "plan.yaml",
+            f"""
+            name: broken-handler
+            rollback: {{handler: {name}}}
+            phases:
+              - id: only
+                steps:
+                  - {{id: s, uses: shell, with: {{command: [echo, hi]}}}}
+            """,
+        )
+        result = migration(tmp_path, "validate", "plan.yaml", env=env_with(site))
+        assert result.returncode == 2, result.stderr
+        assert_no_traceback(result)
+        [error] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert error.startswith(
+            f"error: plan.yaml:2:21: rollback.handler: rollback handler entry point {name!r}"
+        )
+        assert f"failed to load: {where}: " in error
+        module = "broken_handler.py:2:" if name == "put-back" else "handler_deps.py:2)"
+        assert f"(at {site / module}" in error
+
+
+def test_a_plugin_that_names_a_missing_module_gets_no_location_of_ours(tmp_path: Path, site: Path) -> None:
+    install_distribution(site, "missing-module", "1.0", {"migration.steps": {"gone.step": "no_such_mod:Cls"}})
+    listed = migration(tmp_path, "steps", env=env_with(site))
+    assert listed.returncode == 0, listed.stderr
+    warning = next(line for line in listed.stderr.splitlines() if "'gone.step'" in line)
+    assert "No module named 'no_such_mod'" in warning
+    assert "registry.py" not in warning and "(at " not in warning

@@ -175,7 +175,8 @@ def test_signal_stops_cleanly_kills_children_and_resumes(tmp_path: Path, sig: si
     assert len(children) == 2
     for pid, started in children.items():
         # The same process, not a newer one given its pid (pids wrap fast under load).
-        gone = lambda pid=pid, started=started: not pid_alive(pid, started)  # noqa: E731
+        # No start time: it was gone before the signal (its pid may be another's now).
+        gone = lambda pid=pid, started=started: started is None or not pid_alive(pid, started)  # noqa: E731
         wait_for(gone, timeout=10, what=f"child {pid} to exit")
     # The lock was released cleanly: no "died" message on the next run (`resume` = `run` here).
     command = ["resume", plan.name, "--state-dir", "state"] if sig == signal.SIGINT else _run_args(plan)

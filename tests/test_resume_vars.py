@@ -120,3 +120,38 @@ def test_rollback_needs_a_secret_var_again(tmp_path: Path) -> None:
     assert_no_traceback(refused)
     assert "give the same value again to rollback: --var api_token=..." in refused.stderr
     assert (tmp_path / "log.txt").read_text().splitlines() == ["first 500"]
+
+
+USAGE_SECRET_PLAN = """
+name: usage-secret
+vars:
+  auth: none
+phases:
+  - id: one
+    steps:
+      - id: call
+        uses: shell
+        with:
+          command: "echo called >> log.txt"
+          shell: true
+          env: {Authorization: "Bearer {{ vars.auth }}"}
+      - id: killer
+        uses: shell
+        with: {command: "[ -e killed ] || { touch killed; kill -9 $PPID; }", shell: true}
+rollback:
+  - {id: undo, uses: shell, with: {command: "echo undo >> log.txt", shell: true}}
+"""
+
+
+def test_a_var_secret_by_its_use_given_again_is_never_shown(tmp_path: Path) -> None:
+    # auth's name does not look secret: only its use in an Authorization header does.
+    write_plan(tmp_path / "plan.yaml", USAGE_SECRET_PLAN)
+    first = migration(tmp_path, "run", "plan.yaml", "--state-dir", "state", "--var", f"auth={SECRET}")
+    assert first.returncode == -signal.SIGKILL, first.stderr
+    assert load_state(tmp_path / "state", "usage-secret")["var_values"]["auth"]["masked"] is True
+
+    for command in ("resume", "rollback"):
+        again = migration(tmp_path, command, "plan.yaml", "--state-dir", "state", "--var", f"auth={SECRET}")
+        assert again.returncode == 0, again.stderr
+        assert SECRET not in again.stdout + again.stderr, command
+        assert "--var auth:" not in again.stderr  # the same value: nothing to warn about

@@ -375,9 +375,13 @@ def test_dry_run_shows_a_rollback_handlers_own_preview(tmp_path: Path) -> None:
 
         def plain(ctx, target):
             raise AssertionError("a dry run must not call the handler")
+
+
+        def authed(ctx, target, headers):
+            raise AssertionError("a dry run must not call the handler")
         """,
         "migration.rollback_handlers",
-        "put-back = rbpreview:put_back\nplain = rbpreview:plain",
+        "put-back = rbpreview:put_back\nplain = rbpreview:plain\nauthed = rbpreview:authed",
     )
     (tmp_path / "orders.bak").write_text("{}")
     plan = """
@@ -407,6 +411,34 @@ def test_dry_run_shows_a_rollback_handlers_own_preview(tmp_path: Path) -> None:
 
     assert dry.returncode == 0, dry.stderr
     assert "would call rollback handler plain with {'target': 'orders'}" in dry.stdout
+
+    # A var that is a secret only by its use in the handler's with: is masked everywhere.
+    token = "handler-only-token-1234"
+    authed = plan.replace("HANDLER", "authed").replace(
+        'with: {target: "{{ vars.target }}"}',
+        'with: {target: "{{ vars.target }}", headers: {Authorization: "Bearer {{ vars.token }}"}}',
+    )
+    write_plan(
+        tmp_path / "plan.yaml", authed.replace("vars: {target: orders}", "vars: {target: orders, token: x}")
+    )
+    dry = migration(
+        tmp_path, "run", "plan.yaml", "--dry-run", "--state-dir", "state", "--var", f"token={token}", env=env
+    )
+    assert dry.returncode == 0, dry.stderr
+    assert 'token: "***"' in dry.stdout
+    assert token not in dry.stdout + dry.stderr
+
+    # Its arguments from a step's outputs are not known yet: its preview is not called
+    # with placeholders for values.
+    from_output = plan.replace("HANDLER", "put-back").replace(
+        '"{{ vars.target }}"', '"{{ steps.a.outputs.stdout }}"'
+    )
+    write_plan(tmp_path / "plan.yaml", from_output)
+    dry = migration(tmp_path, "run", "plan.yaml", "--dry-run", "--state-dir", "state", env=env)
+    assert dry.returncode == 0, dry.stderr
+    handler_part = dry.stdout.partition("then the rollback handler put-back:")[2]
+    assert "depends on outputs of earlier steps; shown at run time" in handler_part
+    assert "would put back" not in handler_part
     assert not (tmp_path / "state").exists() or not any((tmp_path / "state").rglob("*.json"))
 
 

@@ -61,7 +61,11 @@ def check_plan(loaded: LoadedPlan, extra_vars: Mapping[str, Any]) -> None:
     if not isinstance(plan.rollback, list):
         from migration.steps.registry import find_handler
 
-        if find_handler(plan.rollback.handler) is None:
+        try:
+            found = find_handler(plan.rollback.handler)
+        except PluginError as exc:  # installed, but broken
+            raise loaded.error(("rollback", "handler"), str(exc)) from exc
+        if found is None:
             raise loaded.error(
                 ("rollback", "handler"),
                 f"no rollback handler {plan.rollback.handler!r} registered "

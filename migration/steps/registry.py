@@ -81,17 +81,27 @@ def unregister(name: str) -> None:
     _REGISTRY.pop(name, None)
 
 
-def _where_it_failed(exc: BaseException) -> str:
-    """`` (at file:line[:col])``: the plugin's own line that failed, for its author."""
+def _where_it_failed(exc: BaseException, ep: EntryPoint) -> str:
+    """`` (at file:line[:col])``: the plugin's own line that failed, for its author.
+
+    The deepest frame in the plugin's own package (the entry point's module's top
+    package); none when the failure is not in its code (a module that does not exist).
+    """
     if isinstance(exc, SyntaxError) and exc.filename:
         column = f":{exc.offset}" if exc.offset else ""
         return f" (at {exc.filename}:{exc.lineno}{column})"
-    frames = [
+    package = ep.module.split(".")[0]
+    own = [
         frame
         for frame in traceback.extract_tb(exc.__traceback__)
-        if not frame.filename.startswith("<") and "importlib" not in Path(frame.filename).parts
+        if frame.filename != __file__ and _in_package(frame.filename, package)
     ]
-    return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    return f" (at {own[-1].filename}:{own[-1].lineno})" if own else ""
+
+
+def _in_package(filename: str, package: str) -> bool:
+    path = Path(filename)
+    return path.stem == package or package in path.parts[:-1]
 
 
 def _load_entry_point(ep: EntryPoint) -> None:
@@ -101,7 +111,7 @@ def _load_entry_point(ep: EntryPoint) -> None:
         cls = ep.load()
     except Exception as exc:
         raise MigrationError(
-            f"{where} failed to load: {type(exc).__name__}: {exc}{_where_it_failed(exc)}"
+            f"{where} failed to load: {type(exc).__name__}: {exc}{_where_it_failed(exc, ep)}"
         ) from exc
     if not (isinstance(cls, type) and issubclass(cls, Step)):
         raise MigrationError(f"{where} is not a migration.steps.Step subclass")
@@ -200,7 +210,13 @@ def find_handler(name: str) -> RollbackHandler | None:
         return _HANDLERS[name]
     for ep in entry_points(group=HANDLER_GROUP):
         if ep.name == name:
-            handler = ep.load()
+            try:
+                handler = ep.load()
+            except Exception as exc:
+                raise PluginError(
+                    f"rollback handler entry point {name!r} ({ep.value}) failed to load: "
+                    f"{type(exc).__name__}: {exc}{_where_it_failed(exc, ep)}"
+                ) from exc
             _HANDLERS[name] = handler
             return handler
     return None

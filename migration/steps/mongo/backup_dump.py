@@ -47,7 +47,7 @@ def metadata_of(db: Database[Any], name: str) -> tuple[str, list[Any], list[str]
     text = metadata_text(
         name,
         indexes,
-        uuid=uuid.hex() if isinstance(uuid, bytes) else "",
+        uuid=uuid.hex() if isinstance(uuid, bytes) else getattr(uuid, "hex", "") or "",
         options=dict(spec.get("options") or {}),
     )
     return text, indexes, [str(index.get("name")) for index in indexes]

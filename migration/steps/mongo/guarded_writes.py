@@ -17,7 +17,13 @@ from typing import Any
 
 from pymongo import UpdateOne
 from pymongo.collection import Collection
-from pymongo.errors import BulkWriteError, DocumentTooLarge, OperationFailure, PyMongoError
+from pymongo.errors import (
+    BulkWriteError,
+    DocumentTooLarge,
+    OperationFailure,
+    PyMongoError,
+    WriteConcernError,
+)
 
 from migration.errors import InvalidDocument
 from migration.steps.mongo.documents import (
@@ -243,6 +249,11 @@ class GuardedWriter:
         for index, (condition, update) in enumerate(pairs):
             try:
                 matched += self.collection.update_one(condition, update).matched_count
+            except WriteConcernError as exc:  # applied, but not as durably as asked
+                failed = write_concern_failure(
+                    {"writeConcernError": exc.details or {}}, self.command.write_concern
+                )
+                raise (failed or exc) from exc
             except OperationFailure as exc:
                 errors[index] = self.redact(_with_code((exc.details or {}).get("errmsg") or exc, exc.code))
         return matched, errors
