@@ -15,7 +15,7 @@ from pymongo.database import Database
 from pymongo.errors import OperationFailure
 
 from migration.steps.mongo.checksums import collection_digest
-from migration.steps.mongo.common import ServerKind
+from migration.steps.mongo.common import ServerKind, collection_exists
 from migration.steps.mongo.dumpfmt import (
     DumpedCollection,
     DumpError,
@@ -133,7 +133,7 @@ def create_indexes(
 def _create_collection(
     db: Database[Any], name: str, options: dict[str, Any], warn: Callable[[str], None]
 ) -> None:
-    if name in db.list_collection_names(filter={"name": name}):
+    if collection_exists(db, name):
         return
     try:
         db.create_collection(name, **options)
